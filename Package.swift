@@ -1,0 +1,101 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let swift6: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+
+let package = Package(
+    name: "fathom",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "fathom", targets: ["fathom"]),
+        .executable(name: "fathom-agent", targets: ["fathom-agent"]),
+        .executable(name: "fathom-cni", targets: ["fathom-cni"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.0"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.0"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+    ],
+    targets: [
+        // ---- Netlink (rtnetlink in Swift) ----------------------------------------------
+        .target(name: "CNetlinkShims"),
+        .target(name: "Netlink", dependencies: ["CNetlinkShims"], swiftSettings: swift6),
+
+        // ---- Cluster store (etcd v3 over gRPC, in-memory twin) ---------------------------
+        .target(
+            name: "EtcdProto",
+            dependencies: [
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+            ],
+            swiftSettings: swift6),
+        .target(
+            name: "ClusterStore",
+            dependencies: [
+                "EtcdProto",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swift6),
+
+        // ---- Control plane -------------------------------------------------------------
+        .target(name: "Model", swiftSettings: swift6),
+        .target(name: "IPAM", dependencies: ["Model"], swiftSettings: swift6),
+        .target(
+            name: "AgentAPI",
+            dependencies: [
+                "Model",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: swift6),
+        .target(
+            name: "Agent",
+            dependencies: [
+                "Model", "IPAM", "AgentAPI", "ClusterStore", "Netlink",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swift6),
+        .target(name: "CNI", dependencies: ["Model", "AgentAPI", "Netlink"], swiftSettings: swift6),
+        .target(
+            name: "LabKit",
+            dependencies: ["Model", "AgentAPI", "Netlink"],
+            swiftSettings: swift6),
+        .target(
+            name: "CLI",
+            dependencies: [
+                "Model", "AgentAPI", "LabKit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: swift6),
+        .target(name: "TestSupport", dependencies: ["Netlink"], swiftSettings: swift6),
+
+        // ---- Executables (thin) --------------------------------------------------------
+        .executableTarget(name: "fathom", dependencies: ["CLI"], swiftSettings: swift6),
+        .executableTarget(
+            name: "fathom-agent",
+            dependencies: [
+                "Agent",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swift6),
+        .executableTarget(name: "fathom-cni", dependencies: ["CNI"], swiftSettings: swift6),
+
+        // ---- Tests ---------------------------------------------------------------------
+        .testTarget(name: "IPAMTests", dependencies: ["IPAM"], swiftSettings: swift6),
+        .testTarget(name: "CNITests", dependencies: ["CNI", "AgentAPI"], swiftSettings: swift6),
+        .testTarget(name: "ModelTests", dependencies: ["Model", "CLI"], swiftSettings: swift6),
+        .testTarget(name: "ClusterStoreTests", dependencies: ["ClusterStore", "TestSupport"], swiftSettings: swift6),
+        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "TestSupport"], swiftSettings: swift6),
+        .testTarget(name: "LabTests", dependencies: ["LabKit", "TestSupport", "Model"], swiftSettings: swift6),
+    ]
+)
