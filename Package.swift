@@ -24,7 +24,13 @@ let package = Package(
     targets: [
         // ---- Netlink (rtnetlink in Swift) ----------------------------------------------
         .target(name: "CNetlinkShims"),
-        .target(name: "Netlink", dependencies: ["CNetlinkShims"], swiftSettings: swift6),
+        .target(name: "Netlink", dependencies: ["CNetlinkShims", "Model"], swiftSettings: swift6),
+
+        // ---- eBPF datapath (owned by the datapath work; edit only these entries) --------
+        .target(name: "CLibBPF", linkerSettings: [.linkedLibrary("bpf")]),
+        .target(name: "BPF", dependencies: ["CLibBPF"], swiftSettings: swift6),
+        .target(name: "Datapath", dependencies: ["BPF", "Model"], swiftSettings: swift6),
+        // ---- end of datapath entries ---------------------------------------------------
 
         // ---- Cluster store (etcd v3 over gRPC, in-memory twin) ---------------------------
         .target(
@@ -96,6 +102,7 @@ let package = Package(
         .testTarget(name: "ModelTests", dependencies: ["Model", "CLI"], swiftSettings: swift6),
         .testTarget(name: "ClusterStoreTests", dependencies: ["ClusterStore", "TestSupport"], swiftSettings: swift6),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "TestSupport"], swiftSettings: swift6),
+        .testTarget(name: "DatapathTests", dependencies: ["Datapath", "BPF", "TestSupport"], swiftSettings: swift6),
         .testTarget(name: "LabTests", dependencies: ["LabKit", "TestSupport", "Model"], swiftSettings: swift6),
     ]
 )
