@@ -29,7 +29,10 @@ let package = Package(
         // ---- eBPF datapath (owned by the datapath work; edit only these entries) --------
         .target(name: "CLibBPF", linkerSettings: [.linkedLibrary("bpf")]),
         .target(name: "BPF", dependencies: ["CLibBPF"], swiftSettings: swift6),
-        .target(name: "Datapath", dependencies: ["BPF", "Model"], swiftSettings: swift6),
+        .target(
+            name: "Datapath", dependencies: ["BPF", "Model"], swiftSettings: swift6,
+            plugins: [.plugin(name: "BPFObjectPlugin")]),
+        .plugin(name: "BPFObjectPlugin", capability: .buildTool()),
         // ---- end of datapath entries ---------------------------------------------------
 
         // ---- Cluster store (etcd v3 over gRPC, in-memory twin) ---------------------------
@@ -102,7 +105,8 @@ let package = Package(
         .testTarget(name: "ModelTests", dependencies: ["Model", "CLI"], swiftSettings: swift6),
         .testTarget(name: "ClusterStoreTests", dependencies: ["ClusterStore", "TestSupport"], swiftSettings: swift6),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "TestSupport"], swiftSettings: swift6),
-        .testTarget(name: "DatapathTests", dependencies: ["Datapath", "BPF", "TestSupport"], swiftSettings: swift6),
-        .testTarget(name: "LabTests", dependencies: ["LabKit", "TestSupport", "Model"], swiftSettings: swift6),
+        .testTarget(name: "DatapathTests", dependencies: ["Datapath", "BPF", "Model"], swiftSettings: swift6),
+        .testTarget(name: "AgentTests", dependencies: ["Agent", "ClusterStore", "AgentAPI", "Model"], swiftSettings: swift6),
+        .testTarget(name: "LabTests", dependencies: ["LabKit", "TestSupport", "Model", "Netlink", "Agent", "AgentAPI"], swiftSettings: swift6),
     ]
 )

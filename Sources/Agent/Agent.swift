@@ -1,1 +1,309 @@
-// Agent
+import Foundation
+import Logging
+import Model
+import IPAM
+import AgentAPI
+import ClusterStore
+import Netlink
+
+public struct AgentConfig: Sendable {
+    public var nodeName: String
+    public var nodeAddress: IPv4Address
+    public var uplink: String = "eth0"
+    public var clusterCIDR = IPv4Prefix("10.42.0.0/16")!
+    public var preferredCIDRIndex: Int?
+    public var stateDirectory: String
+    public var socketPath: String
+    public var etcdEndpoint: String
+    public var heartbeatTTL: Int64 = 10
+    /// Node records without a heartbeat for this long are removed with their CIDR claim.
+    public var nodeGracePeriod: Double = 600
+    /// Released pod addresses wait this long before reuse (unless nothing else is free).
+    public var addressReuseDelay: Double = 60
+
+    public init(nodeName: String, nodeAddress: IPv4Address, preferredCIDRIndex: Int?, stateDirectory: String,
+                socketPath: String, etcdEndpoint: String) {
+        self.nodeName = nodeName
+        self.nodeAddress = nodeAddress
+        self.preferredCIDRIndex = preferredCIDRIndex
+        self.stateDirectory = stateDirectory
+        self.socketPath = socketPath
+        self.etcdEndpoint = etcdEndpoint
+    }
+}
+
+/// Route protocol number that marks the routes the agent owns (`ip route show proto 196`).
+let fathomRouteProtocol: UInt8 = 196
+/// The device that carries the node's router address. This kernel has no dummy driver;
+/// an address on `lo` is local all the same, and the node answers ARP for it on every
+/// pod veth (arp_ignore 0), which is all pods need from their gateway.
+let hostDeviceName = "lo"
+
+/// One node's agent: the only writer of its node's routes and (later) BPF maps.
+public actor Agent {
+    let config: AgentConfig
+    let store: any KVStore
+    let netlink: RouteSocket
+    let stateFile: StateFile
+    let log: Logger
+
+    var state: LocalState
+    var nodes: [String: NodeRecord] = [:]
+    var alive: Set<String> = []
+    var pods: [String: PodRecord] = [:]
+    var namespaces: [String: NamespaceRecord] = [:]
+    var appliedRevision: Int64 = 0
+    var snapshotApplied = false
+    var installedRoutes: Set<IPv4Prefix> = []
+    var missingSince: [String: Double] = [:]
+    var health: [String: String] = ["store": "connecting", "routes": "pending"]
+
+    public init(config: AgentConfig, store: any KVStore, logger: Logger) throws {
+        self.config = config
+        self.store = store
+        self.log = logger
+        self.netlink = try RouteSocket()
+        self.stateFile = StateFile(path: config.stateDirectory + "/state.json")
+        self.state = try stateFile.load()
+    }
+
+    static func now() -> Double { Date().timeIntervalSince1970 }
+
+    // MARK: start-up
+
+    /// Restores local state, claims the node's CIDR, registers the node and prepares the
+    /// host side. Nothing already in place is torn down: routes and endpoints stay.
+    public func start() async throws {
+        let cidr = try await claimPodCIDR()
+        if state.podCIDR != cidr || state.pool == nil {
+            state.podCIDR = cidr
+            state.pool = PodAddressPool(cidr: cidr, reuseDelay: config.addressReuseDelay)
+        }
+        try persist()
+        try await registerNode(cidr)
+        health["store"] = "ok"
+        try setUpHostDevice(router: cidr.address(at: 1))
+        restoreEndpoints()
+        log.info("agent ready to serve", metadata: ["node": "\(config.nodeName)", "pod.cidr": "\(cidr)",
+                                                     "endpoints": "\(state.endpoints.count)"])
+    }
+
+    /// Claims a /24 with a transaction: the one this node already holds, else the one it
+    /// asks for, else the first free one. Two agents can never hold the same CIDR.
+    func claimPodCIDR() async throws -> IPv4Prefix {
+        let owner = Array(config.nodeName.utf8)
+        let (claims, _) = try await store.list(prefix: StoreKeys.podCIDRs)
+        if let mine = claims.first(where: { $0.value == owner }),
+           let cidr = Self.cidr(fromKey: mine.key) {
+            return cidr
+        }
+        var candidates = PodCIDRPlan.candidates(cluster: config.clusterCIDR, preferredIndex: config.preferredCIDRIndex)
+        if let held = state.podCIDR {   // the claim vanished from the store: ask for the same one first
+            candidates.removeAll { $0 == held }
+            candidates.insert(held, at: 0)
+        }
+        for cidr in candidates {
+            let key = StoreKeys.podCIDR(cidr)
+            let r = try await store.txn(if: [.absent(key)], then: [.put(key, owner, lease: 0)], else: [])
+            if r.succeeded { return cidr }
+        }
+        throw AgentError("no free /24 left in \(config.clusterCIDR) for node \(config.nodeName)")
+    }
+
+    static func cidr(fromKey key: String) -> IPv4Prefix? {
+        IPv4Prefix(key.dropFirst(StoreKeys.podCIDRs.count).replacingOccurrences(of: "-", with: "/"))
+    }
+
+    func registerNode(_ cidr: IPv4Prefix) async throws {
+        let key = StoreKeys.node(config.nodeName)
+        var labels = ["kubernetes.io/hostname": config.nodeName]
+        if let existing = try await store.get(key),
+           let rec = try? JSONDecoder().decode(NodeRecord.self, from: Data(existing.value)) {
+            labels.merge(rec.labels) { old, _ in old }
+        }
+        let rec = NodeRecord(name: config.nodeName, address: config.nodeAddress, podCIDR: cidr, labels: labels)
+        try await store.put(key, Array(try JSONEncoder().encode(rec)), lease: 0)
+    }
+
+    func setUpHostDevice(router: IPv4Address) throws {
+        try? NetworkNamespace.setSysctl("net.ipv4.ip_forward", "1")
+        guard let dev = try netlink.link(named: hostDeviceName) else {
+            throw AgentError("\(hostDeviceName) is missing in the node's namespace")
+        }
+        let addrs = try netlink.addresses(linkIndex: dev.index)
+        if !addrs.contains(where: { $0.address == router }) {
+            try netlink.addAddress(router, prefixLength: 32, linkIndex: dev.index)
+        }
+        if !dev.isUp { try netlink.setUp(hostDeviceName) }
+    }
+
+    /// Endpoints whose host link vanished while the agent was away are released; the
+    /// others get their route back if it went missing.
+    func restoreEndpoints() {
+        var kept: [EndpointInfo] = []
+        for ep in state.endpoints {
+            guard let link = try? netlink.link(named: ep.hostIfName) else {
+                log.info("endpoint gone while the agent was away", metadata: ["endpoint.id": "\(ep.id)"])
+                state.pool?.release(owner: Self.owner(ep.ref), now: Self.now())
+                continue
+            }
+            if ep.ready { try? installPodRoute(ep.ip, linkIndex: link.index) }
+            kept.append(ep)
+        }
+        if kept.count != state.endpoints.count {
+            state.endpoints = kept
+            try? persist()
+        }
+    }
+
+    func persist() throws { try stateFile.save(state) }
+
+    static func owner(_ ref: EndpointRef) -> String { "\(ref.containerID)/\(ref.ifName)" }
+
+    // MARK: the store watch
+
+    /// Applies the store's model to this node for as long as the agent runs.
+    public func runWatch() async {
+        var backoff: UInt64 = 100_000_000
+        while !Task.isCancelled {
+            do {
+                for try await update in store.watch(prefix: StoreKeys.root) {
+                    apply(update)
+                    backoff = 100_000_000
+                }
+            } catch {
+                health["store"] = "watch failed: \(error)"
+                log.warning("store watch failed; retrying", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(nanoseconds: backoff)
+            backoff = min(backoff * 2, 5_000_000_000)
+        }
+    }
+
+    func apply(_ update: WatchUpdate) {
+        switch update {
+        case .snapshot(let items, let revision):
+            nodes = [:]; alive = []; pods = [:]; namespaces = [:]
+            for kv in items { applyPut(kv) }
+            appliedRevision = revision
+            snapshotApplied = true
+        case .events(let events, let revision):
+            for e in events {
+                switch e {
+                case .put(let kv): applyPut(kv)
+                case .delete(let key, _): applyDelete(key)
+                }
+            }
+            appliedRevision = max(appliedRevision, revision)
+        }
+        health["store"] = "ok"
+        reconcileRoutes()
+    }
+
+    func applyPut(_ kv: KeyValue) {
+        let dec = JSONDecoder()
+        let data = Data(kv.value)
+        if kv.key.hasPrefix(StoreKeys.nodes) {
+            if let n = try? dec.decode(NodeRecord.self, from: data) { nodes[n.name] = n }
+        } else if kv.key.hasPrefix(StoreKeys.heartbeats) {
+            alive.insert(String(kv.key.dropFirst(StoreKeys.heartbeats.count)))
+        } else if kv.key.hasPrefix(StoreKeys.pods) {
+            if let p = try? dec.decode(PodRecord.self, from: data) { pods[p.key] = p }
+        } else if kv.key.hasPrefix(StoreKeys.namespaces) {
+            if let n = try? dec.decode(NamespaceRecord.self, from: data) { namespaces[n.name] = n }
+        }
+    }
+
+    func applyDelete(_ key: String) {
+        if key.hasPrefix(StoreKeys.nodes) {
+            nodes[String(key.dropFirst(StoreKeys.nodes.count))] = nil
+        } else if key.hasPrefix(StoreKeys.heartbeats) {
+            alive.remove(String(key.dropFirst(StoreKeys.heartbeats.count)))
+        } else if key.hasPrefix(StoreKeys.pods) {
+            pods[String(key.dropFirst(StoreKeys.pods.count))] = nil
+        } else if key.hasPrefix(StoreKeys.namespaces) {
+            namespaces[String(key.dropFirst(StoreKeys.namespaces.count))] = nil
+        }
+    }
+
+    /// Direct routing: every other node's pod CIDR via that node's underlay address.
+    /// Routes follow node records, not heartbeats, so a restarting agent elsewhere never
+    /// makes this node drop its route.
+    func reconcileRoutes() {
+        guard snapshotApplied else { return }
+        do {
+            guard let uplink = try netlink.link(named: config.uplink) else {
+                health["routes"] = "uplink \(config.uplink) missing"
+                return
+            }
+            var desired: [IPv4Prefix: IPv4Address] = [:]
+            for n in nodes.values where n.name != config.nodeName { desired[n.podCIDR] = n.address }
+            let existing = try netlink.routes().filter { $0.protocolID == fathomRouteProtocol && $0.gateway != nil }
+            for r in existing where desired[r.destination] != r.gateway {
+                try? netlink.deleteRoute(r)
+            }
+            var installed: Set<IPv4Prefix> = []
+            for (cidr, via) in desired {
+                if existing.contains(where: { $0.destination == cidr && $0.gateway == via }) {
+                    installed.insert(cidr)
+                    continue
+                }
+                do {
+                    try netlink.addRoute(Route(destination: cidr, gateway: via, linkIndex: uplink.index,
+                                               protocolID: fathomRouteProtocol), replace: true)
+                    installed.insert(cidr)
+                } catch {
+                    log.warning("route to a node's pods failed", metadata: ["cidr": "\(cidr)", "error": "\(error)"])
+                }
+            }
+            installedRoutes = installed
+            health["routes"] = installed.count == desired.count ? "ok" : "\(desired.count - installed.count) routes missing"
+        } catch {
+            health["routes"] = "\(error)"
+        }
+    }
+
+    // MARK: heartbeat and node garbage collection
+
+    /// Keeps the node's heartbeat key alive. The key is for liveness only: nothing
+    /// long-lived hangs off its lease.
+    public func runHeartbeat() async {
+        let key = StoreKeys.heartbeat(config.nodeName)
+        var lease: Int64 = 0
+        while !Task.isCancelled {
+            do {
+                if lease == 0 {
+                    lease = try await store.grantLease(ttlSeconds: config.heartbeatTTL)
+                    try await store.put(key, Array("\(getpid())".utf8), lease: lease)
+                } else if try await !store.keepAliveOnce(lease) {
+                    lease = 0
+                    continue
+                }
+                try await collectDeadNodes()
+            } catch {
+                lease = 0
+                log.warning("heartbeat failed", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(nanoseconds: UInt64(config.heartbeatTTL) * 1_000_000_000 / 3)
+        }
+    }
+
+    /// A node whose heartbeat stayed away for the grace period is gone: its record and
+    /// CIDR claim are removed, and with them every node's route to it.
+    func collectDeadNodes() async throws {
+        guard snapshotApplied else { return }
+        let now = Self.now()
+        for n in nodes.values where n.name != config.nodeName {
+            if alive.contains(n.name) { missingSince[n.name] = nil; continue }
+            let since = missingSince[n.name] ?? now
+            missingSince[n.name] = since
+            guard now - since >= config.nodeGracePeriod else { continue }
+            let hb = StoreKeys.heartbeat(n.name)
+            _ = try await store.txn(if: [.absent(hb)],
+                                    then: [.delete(StoreKeys.node(n.name)), .delete(StoreKeys.podCIDR(n.podCIDR))],
+                                    else: [])
+            missingSince[n.name] = nil
+            log.info("removed node after its grace period", metadata: ["node": "\(n.name)"])
+        }
+    }
+}

@@ -1,1 +1,147 @@
+#define _GNU_SOURCE
 #include "clibbpf.h"
+#include <sched.h>
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <bpf/btf.h>
+#include <linux/bpf.h>
+#include <linux/btf.h>
+#include <sys/mount.h>
+#include <sys/vfs.h>
+
+#define FTH_BPF_FS_MAGIC 0xcafe4a11
+
+static fth_bpf_log_handler log_handler;
+
+static int print_fn(enum libbpf_print_level level, const char *fmt, va_list args)
+{
+    char line[4096];
+    fth_bpf_log_handler h = __atomic_load_n(&log_handler, __ATOMIC_ACQUIRE);
+    if (!h)
+        return 0;
+    vsnprintf(line, sizeof(line), fmt, args);
+    h((int)level, line);
+    return 0;
+}
+
+void fth_bpf_set_log_handler(fth_bpf_log_handler handler)
+{
+    __atomic_store_n(&log_handler, handler, __ATOMIC_RELEASE);
+    libbpf_set_print(print_fn);
+}
+
+struct bpf_object *fth_bpf_object_open_mem(const void *bytes, size_t size, const char *name)
+{
+    LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = name);
+    return bpf_object__open_mem(bytes, size, &opts);
+}
+
+int fth_bpf_set_global(struct bpf_object *obj, const char *name, const void *value, size_t size)
+{
+    struct btf *btf = bpf_object__btf(obj);
+    struct bpf_map *map;
+    if (!btf)
+        return -ENOENT;
+    bpf_object__for_each_map(map, obj) {
+        if (!bpf_map__is_internal(map))
+            continue;
+        const char *mname = bpf_map__name(map);
+        const char *dot = strchr(mname, '.');   /* "<obj>.rodata" -> ".rodata" */
+        if (!dot)
+            continue;
+        int sec_id = btf__find_by_name_kind(btf, dot, BTF_KIND_DATASEC);
+        if (sec_id < 0)
+            continue;
+        const struct btf_type *sec = btf__type_by_id(btf, sec_id);
+        const struct btf_var_secinfo *vs = btf_var_secinfos(sec);
+        for (int i = 0; i < btf_vlen(sec); i++, vs++) {
+            const struct btf_type *var = btf__type_by_id(btf, vs->type);
+            if (strcmp(btf__name_by_offset(btf, var->name_off), name) != 0)
+                continue;
+            if (vs->size != size)
+                return -E2BIG;
+            size_t data_size = 0;
+            char *data = (char *)bpf_map__initial_value(map, &data_size);
+            if (!data || vs->offset + size > data_size)
+                return -EINVAL;
+            memcpy(data + vs->offset, value, size);
+            return 0;
+        }
+    }
+    return -ENOENT;
+}
+
+int fth_bpf_link_create_tcx(int prog_fd, int ifindex, int attach_type)
+{
+    int fd = bpf_link_create(prog_fd, ifindex, (enum bpf_attach_type)attach_type, NULL);
+    return fd < 0 ? -errno : fd;
+}
+
+int fth_bpf_link_update(int link_fd, int new_prog_fd)
+{
+    int err = bpf_link_update(link_fd, new_prog_fd, NULL);
+    return err < 0 ? -errno : 0;
+}
+
+int fth_bpf_prog_test_run(int prog_fd, const void *data_in, uint32_t size_in,
+                          void *data_out, uint32_t *size_out,
+                          const void *ctx_in, uint32_t ctx_size, uint32_t *retval)
+{
+    LIBBPF_OPTS(bpf_test_run_opts, opts,
+        .data_in = data_in, .data_size_in = size_in,
+        .data_out = data_out, .data_size_out = *size_out,
+        .ctx_in = ctx_in, .ctx_size_in = ctx_size,
+        .repeat = 1);
+    int err = bpf_prog_test_run_opts(prog_fd, &opts);
+    if (err < 0)
+        return -errno;
+    *size_out = opts.data_size_out;
+    *retval = opts.retval;
+    return 0;
+}
+
+uint32_t fth_bpf_prog_id(int prog_fd)
+{
+    struct bpf_prog_info info;
+    uint32_t len = sizeof(info);
+    memset(&info, 0, sizeof(info));
+    if (bpf_obj_get_info_by_fd(prog_fd, &info, &len) < 0)
+        return 0;
+    return info.id;
+}
+
+uint32_t fth_bpf_link_prog_id(int link_fd)
+{
+    struct bpf_link_info info;
+    uint32_t len = sizeof(info);
+    memset(&info, 0, sizeof(info));
+    if (bpf_obj_get_info_by_fd(link_fd, &info, &len) < 0)
+        return 0;
+    return info.prog_id;
+}
+
+int fth_bpf_errno(void)
+{
+    return errno;
+}
+
+int fth_bpf_is_bpffs(const char *path)
+{
+    struct statfs st;
+    if (statfs(path, &st) != 0)
+        return 0;
+    return (unsigned long)st.f_type == FTH_BPF_FS_MAGIC;
+}
+
+int fth_bpf_mount_bpffs(const char *path)
+{
+    return mount("bpf", path, "bpf", 0, NULL) == 0 ? 0 : -errno;
+}
+
+int fth_bpf_setns_net(int fd)
+{
+    return setns(fd, CLONE_NEWNET) == 0 ? 0 : -errno;
+}

@@ -1,1 +1,2 @@
-print("stub")
+import CLI
+Fathom.runMain()

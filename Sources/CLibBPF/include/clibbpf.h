@@ -1,1 +1,49 @@
+/* CLibBPF: the C side of the BPF module. Thin `fth_bpf_*` wrappers over libbpf for
+ * what Swift cannot express (LIBBPF_OPTS macros, va_list logging, BTF walking).
+ * Imported by exactly one Swift module, BPF. */
 #pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+#include <bpf/libbpf.h>
+#include <bpf/bpf.h>
+
+/* tcx attach types (kernel 6.6); Debian's 6.1 UAPI headers lack them. */
+#define FTH_BPF_TCX_INGRESS 46
+#define FTH_BPF_TCX_EGRESS 47
+
+/* Routes libbpf's log lines (verifier log included) to `handler`, formatted. */
+typedef void (*fth_bpf_log_handler)(int level, const char *line);
+void fth_bpf_set_log_handler(fth_bpf_log_handler handler);
+
+/* bpf_object__open_mem with an object name. NULL and errno on failure. */
+struct bpf_object *fth_bpf_object_open_mem(const void *bytes, size_t size, const char *name);
+
+/* Writes `size` bytes at the named global of .rodata/.data/.bss, before load.
+ * 0, -ENOENT (no such variable), -E2BIG (size mismatch). */
+int fth_bpf_set_global(struct bpf_object *obj, const char *name, const void *value, size_t size);
+
+/* bpf_link_create for tcx (attach_type FTH_BPF_TCX_*). Link fd or -errno. */
+int fth_bpf_link_create_tcx(int prog_fd, int ifindex, int attach_type);
+
+/* bpf_link_update without flags. 0 or -errno. */
+int fth_bpf_link_update(int link_fd, int new_prog_fd);
+
+/* BPF_PROG_TEST_RUN. data_out gets the (possibly rewritten) packet. 0 or -errno. */
+int fth_bpf_prog_test_run(int prog_fd, const void *data_in, uint32_t size_in,
+                          void *data_out, uint32_t *size_out,
+                          const void *ctx_in, uint32_t ctx_size, uint32_t *retval);
+
+/* The kernel's id of a program or link fd (0 on failure). */
+uint32_t fth_bpf_prog_id(int prog_fd);
+uint32_t fth_bpf_link_prog_id(int link_fd);
+
+/* 1 when path is on a BPF filesystem; mounting one there (0 or -errno). */
+int fth_bpf_is_bpffs(const char *path);
+int fth_bpf_mount_bpffs(const char *path);
+
+/* setns(fd, CLONE_NEWNET) for the calling thread. 0 or -errno. */
+int fth_bpf_setns_net(int fd);
+
+/* errno of the calling thread. */
+int fth_bpf_errno(void);

@@ -1,0 +1,190 @@
+import Foundation
+import Model
+import AgentAPI
+import ClusterStore
+import Netlink
+
+extension Agent {
+    public func handle(_ request: AgentRequest) async -> AgentReply {
+        do {
+            switch request {
+            case .status: return .status(status())
+            case .syncRevision: return .ok(revision: try await store.list(prefix: StoreKeys.root + "sync/").revision)
+            case .endpointCreate(let c): return .endpoint(try await createEndpoint(c))
+            case .endpointActivate(let ref): return .endpoint(try activateEndpoint(ref))
+            case .endpointDelete(let ref): return .ok(revision: try await deleteEndpoint(ref))
+            case .endpointCheck(let ref): return .check(try checkEndpoint(ref))
+            case .endpointGC(let keep): return .ok(revision: try await collectEndpoints(keeping: Set(keep)))
+            case .podUpsert(let p): return .ok(revision: try await putJSON(StoreKeys.pod(p.namespace, p.name), p))
+            case .podDelete(let ns, let name): return .ok(revision: try await store.delete(StoreKeys.pod(ns, name)))
+            case .podLabel(let ns, let name, let changes):
+                guard var p: PodRecord = try await getJSON(StoreKeys.pod(ns, name)) else {
+                    throw APIFailure(.notFound, "pod \(ns)/\(name) not found")
+                }
+                p.labels = changes.applied(to: p.labels)
+                return .ok(revision: try await putJSON(StoreKeys.pod(ns, name), p))
+            case .nodeLabel(let node, let changes):
+                guard var n: NodeRecord = try await getJSON(StoreKeys.node(node)) else {
+                    throw APIFailure(.notFound, "node \(node) not found")
+                }
+                n.labels = changes.applied(to: n.labels)
+                return .ok(revision: try await putJSON(StoreKeys.node(node), n))
+            case .namespaceApply(let ns): return .ok(revision: try await putJSON(StoreKeys.namespace(ns.name), ns))
+            case .namespaceDelete(let name): return .ok(revision: try await store.delete(StoreKeys.namespace(name)))
+            case .list(let kind):
+                switch kind {
+                case .pods: return .pods(pods.values.sorted { $0.key < $1.key })
+                case .nodes: return .nodes(nodes.values.sorted { $0.name < $1.name })
+                case .namespaces:
+                    // A namespace that was never applied still exists when a pod uses it.
+                    var all = namespaces
+                    for p in pods.values where all[p.namespace] == nil {
+                        all[p.namespace] = NamespaceRecord(name: p.namespace, labels: [:])
+                    }
+                    return .namespaces(all.values.sorted { $0.name < $1.name })
+                }
+            }
+        } catch let f as APIFailure {
+            return .failure(f)
+        } catch let e as StoreError {
+            return .failure(APIFailure(.unavailable, "cluster store: \(e)"))
+        } catch {
+            return .failure(APIFailure(.internal, "\(error)"))
+        }
+    }
+
+    func putJSON<T: Encodable>(_ key: String, _ value: T) async throws -> Int64 {
+        try await store.put(key, Array(try JSONEncoder().encode(value)), lease: 0)
+    }
+
+    func getJSON<T: Decodable>(_ key: String) async throws -> T? {
+        guard let kv = try await store.get(key) else { return nil }
+        return try JSONDecoder().decode(T.self, from: Data(kv.value))
+    }
+
+    func status() -> AgentStatus {
+        let ready = state.podCIDR != nil && snapshotApplied && health["store"] == "ok"
+        let peers = nodes.values.filter { $0.name != config.nodeName }.sorted { $0.name < $1.name }.map {
+            PeerNode(name: $0.name, address: $0.address, podCIDR: $0.podCIDR, alive: alive.contains($0.name),
+                     routeInstalled: installedRoutes.contains($0.podCIDR))
+        }
+        return AgentStatus(node: config.nodeName, nodeAddress: config.nodeAddress, podCIDR: state.podCIDR,
+                           router: state.podCIDR?.address(at: 1), ready: ready, health: health,
+                           endpoints: state.endpoints, nodes: peers, appliedRevision: appliedRevision,
+                           addressesInUse: state.pool?.inUse ?? 0, addressCapacity: state.pool?.capacity ?? 0,
+                           pid: getpid())
+    }
+
+    // MARK: endpoints
+
+    func createEndpoint(_ c: EndpointCreate) async throws -> EndpointInfo {
+        guard let cidr = state.podCIDR, var pool = state.pool else {
+            throw APIFailure(.unavailable, "node \(config.nodeName) has no pod CIDR yet")
+        }
+        if state.endpoints.contains(where: { $0.ref == c.ref }) {
+            throw APIFailure(.exists, "container \(c.ref.containerID) already has interface \(c.ref.ifName)")
+        }
+        let namespace = c.podNamespace ?? "default"
+        let name = c.podName ?? "container-\(c.ref.containerID.prefix(12))"
+        let ip: IPv4Address
+        do { ip = try pool.allocate(owner: Self.owner(c.ref), now: Self.now()) } catch {
+            throw APIFailure(.exhausted, error.description)
+        }
+        let ep = EndpointInfo(id: state.nextEndpointID, ref: c.ref, podNamespace: namespace, podName: name,
+                              ip: ip, gateway: cidr.address(at: 1),
+                              hostIfName: hostInterfaceName(containerID: c.ref.containerID, ifName: c.ref.ifName),
+                              netns: c.netns, ready: false)
+        // The allocation is on disk before the address leaves the agent.
+        state.pool = pool
+        state.nextEndpointID += 1
+        state.endpoints.append(ep)
+        try persist()
+        do {
+            var pod: PodRecord = try await getJSON(StoreKeys.pod(namespace, name))
+                ?? PodRecord(namespace: namespace, name: name, recordedByAgent: true)
+            pod.node = config.nodeName
+            pod.ip = ip
+            pod.containerID = c.ref.containerID
+            _ = try await putJSON(StoreKeys.pod(namespace, name), pod)
+        } catch {
+            forget(ep)
+            throw error
+        }
+        log.info("endpoint created", metadata: ["endpoint.id": "\(ep.id)", "pod": "\(namespace)/\(name)", "ip": "\(ip)"])
+        return ep
+    }
+
+    func forget(_ ep: EndpointInfo) {
+        state.endpoints.removeAll { $0.ref == ep.ref }
+        state.pool?.release(owner: Self.owner(ep.ref), now: Self.now())
+        try? persist()
+    }
+
+    func activateEndpoint(_ ref: EndpointRef) throws -> EndpointInfo {
+        guard let i = state.endpoints.firstIndex(where: { $0.ref == ref }) else {
+            throw APIFailure(.notFound, "no endpoint for container \(ref.containerID) interface \(ref.ifName)")
+        }
+        let ep = state.endpoints[i]
+        guard let link = try netlink.link(named: ep.hostIfName) else {
+            throw APIFailure(.invalid, "host interface \(ep.hostIfName) does not exist; create the veth first")
+        }
+        try netlink.setUp(ep.hostIfName)
+        try installPodRoute(ep.ip, linkIndex: link.index)
+        state.endpoints[i].ready = true
+        try persist()
+        return state.endpoints[i]
+    }
+
+    func installPodRoute(_ ip: IPv4Address, linkIndex: Int32) throws {
+        try netlink.addRoute(Route(destination: IPv4Prefix(ip, 32), linkIndex: linkIndex, scope: .link,
+                                   protocolID: fathomRouteProtocol), replace: true)
+    }
+
+    func deleteEndpoint(_ ref: EndpointRef) async throws -> Int64 {
+        guard let ep = state.endpoints.first(where: { $0.ref == ref }) else {
+            throw APIFailure(.notFound, "no endpoint for container \(ref.containerID) interface \(ref.ifName)")
+        }
+        // The link first (its route goes with it), then the address, then the record.
+        _ = try netlink.deleteLinkIfExists(ep.hostIfName)
+        forget(ep)
+        var revision = appliedRevision
+        let key = StoreKeys.pod(ep.podNamespace, ep.podName)
+        if var pod: PodRecord = try? await getJSON(key), pod.containerID == ref.containerID {
+            if pod.recordedByAgent {
+                revision = (try? await store.delete(key)) ?? revision
+            } else {
+                pod.ip = nil
+                pod.containerID = nil
+                revision = (try? await putJSON(key, pod)) ?? revision
+            }
+        }
+        log.info("endpoint deleted", metadata: ["endpoint.id": "\(ep.id)", "ip": "\(ep.ip)"])
+        return revision
+    }
+
+    func checkEndpoint(_ ref: EndpointRef) throws -> CheckReport {
+        guard let ep = state.endpoints.first(where: { $0.ref == ref }) else {
+            throw APIFailure(.notFound, "no endpoint for container \(ref.containerID) interface \(ref.ifName)")
+        }
+        var problems: [String] = []
+        if !ep.ready { problems.append("endpoint \(ep.id) was never activated") }
+        if let link = try netlink.link(named: ep.hostIfName) {
+            if !link.isUp { problems.append("host interface \(ep.hostIfName) is down") }
+            let routes = try netlink.routes()
+            if !routes.contains(where: { $0.destination == IPv4Prefix(ep.ip, 32) && $0.linkIndex == link.index }) {
+                problems.append("host route to \(ep.ip) via \(ep.hostIfName) is missing")
+            }
+        } else {
+            problems.append("host interface \(ep.hostIfName) is missing")
+        }
+        return CheckReport(problems: problems)
+    }
+
+    func collectEndpoints(keeping keep: Set<EndpointRef>) async throws -> Int64 {
+        var revision = appliedRevision
+        for ep in state.endpoints where !keep.contains(ep.ref) {
+            revision = try await deleteEndpoint(ep.ref)
+        }
+        return revision
+    }
+}

@@ -1,0 +1,179 @@
+import Model
+
+/// The agent's local API: one JSON request per line on a unix socket, one JSON reply per
+/// line. The CNI plugin and the CLI are its only clients; nothing here is reachable from
+/// the network.
+
+public enum AgentRequest: Codable, Sendable {
+    case status
+    /// The store's current revision: wait for every agent to reach it and all earlier
+    /// changes are applied everywhere.
+    case syncRevision
+    /// CNI ADD, first half: allocate an address and record the endpoint.
+    case endpointCreate(EndpointCreate)
+    /// CNI ADD, second half: the veth exists; bring the host side into service.
+    case endpointActivate(EndpointRef)
+    /// CNI DEL: remove the host link, the route and the endpoint; release the address.
+    case endpointDelete(EndpointRef)
+    case endpointCheck(EndpointRef)
+    /// CNI GC: every endpoint not in `keep` goes.
+    case endpointGC(keep: [EndpointRef])
+    case podUpsert(PodRecord)
+    case podDelete(namespace: String, name: String)
+    case podLabel(namespace: String, name: String, changes: LabelChanges)
+    case nodeLabel(node: String, changes: LabelChanges)
+    case namespaceApply(NamespaceRecord)
+    case namespaceDelete(name: String)
+    case list(kind: ListKind)
+}
+
+public enum ListKind: String, Codable, Sendable {
+    case pods, nodes, namespaces
+}
+
+public struct EndpointRef: Codable, Sendable, Hashable {
+    public var containerID: String
+    public var ifName: String
+    public init(containerID: String, ifName: String) {
+        self.containerID = containerID
+        self.ifName = ifName
+    }
+}
+
+public struct EndpointCreate: Codable, Sendable {
+    public var ref: EndpointRef
+    public var netns: String
+    public var podNamespace: String?
+    public var podName: String?
+    public init(ref: EndpointRef, netns: String, podNamespace: String?, podName: String?) {
+        self.ref = ref
+        self.netns = netns
+        self.podNamespace = podNamespace
+        self.podName = podName
+    }
+}
+
+/// kubectl's label syntax: `k=v` sets, `k-` removes.
+public struct LabelChanges: Codable, Sendable, Equatable {
+    public var set: [String: String]
+    public var remove: [String]
+
+    public init(set: [String: String] = [:], remove: [String] = []) {
+        self.set = set
+        self.remove = remove
+    }
+
+    public func applied(to labels: [String: String]) -> [String: String] {
+        var l = labels
+        for k in remove { l[k] = nil }
+        for (k, v) in set { l[k] = v }
+        return l
+    }
+}
+
+public struct EndpointInfo: Codable, Sendable, Equatable {
+    public var id: UInt32
+    public var ref: EndpointRef
+    public var podNamespace: String
+    public var podName: String
+    public var ip: IPv4Address
+    public var gateway: IPv4Address
+    public var hostIfName: String
+    public var netns: String
+    public var ready: Bool
+
+    public init(id: UInt32, ref: EndpointRef, podNamespace: String, podName: String, ip: IPv4Address,
+                gateway: IPv4Address, hostIfName: String, netns: String, ready: Bool) {
+        self.id = id
+        self.ref = ref
+        self.podNamespace = podNamespace
+        self.podName = podName
+        self.ip = ip
+        self.gateway = gateway
+        self.hostIfName = hostIfName
+        self.netns = netns
+        self.ready = ready
+    }
+}
+
+public struct PeerNode: Codable, Sendable, Equatable {
+    public var name: String
+    public var address: IPv4Address
+    public var podCIDR: IPv4Prefix
+    public var alive: Bool
+    public var routeInstalled: Bool
+    public init(name: String, address: IPv4Address, podCIDR: IPv4Prefix, alive: Bool, routeInstalled: Bool) {
+        self.name = name
+        self.address = address
+        self.podCIDR = podCIDR
+        self.alive = alive
+        self.routeInstalled = routeInstalled
+    }
+}
+
+public struct AgentStatus: Codable, Sendable, Equatable {
+    public var node: String
+    public var nodeAddress: IPv4Address
+    public var podCIDR: IPv4Prefix?
+    public var router: IPv4Address?
+    public var ready: Bool
+    public var health: [String: String]
+    public var endpoints: [EndpointInfo]
+    public var nodes: [PeerNode]
+    /// The highest store revision this agent has applied to its node.
+    public var appliedRevision: Int64
+    public var addressesInUse: Int
+    public var addressCapacity: Int
+    public var pid: Int32
+
+    public init(node: String, nodeAddress: IPv4Address, podCIDR: IPv4Prefix?, router: IPv4Address?, ready: Bool,
+                health: [String: String], endpoints: [EndpointInfo], nodes: [PeerNode], appliedRevision: Int64,
+                addressesInUse: Int, addressCapacity: Int, pid: Int32) {
+        self.node = node
+        self.nodeAddress = nodeAddress
+        self.podCIDR = podCIDR
+        self.router = router
+        self.ready = ready
+        self.health = health
+        self.endpoints = endpoints
+        self.nodes = nodes
+        self.appliedRevision = appliedRevision
+        self.addressesInUse = addressesInUse
+        self.addressCapacity = addressCapacity
+        self.pid = pid
+    }
+}
+
+public struct CheckReport: Codable, Sendable, Equatable {
+    public var problems: [String]
+    public init(problems: [String]) { self.problems = problems }
+}
+
+public enum AgentReply: Codable, Sendable {
+    case ok(revision: Int64)
+    case status(AgentStatus)
+    case endpoint(EndpointInfo)
+    case check(CheckReport)
+    case pods([PodRecord])
+    case nodes([NodeRecord])
+    case namespaces([NamespaceRecord])
+    case failure(APIFailure)
+}
+
+public struct APIFailure: Codable, Sendable, Error, CustomStringConvertible, Equatable {
+    public enum Kind: String, Codable, Sendable {
+        case invalid        // the request is wrong: fix it
+        case notFound
+        case exists
+        case unavailable    // try again later
+        case exhausted
+        case `internal`
+    }
+    public var kind: Kind
+    public var message: String
+    public init(_ kind: Kind, _ message: String) {
+        self.kind = kind
+        self.message = message
+    }
+    public var description: String { message }
+}

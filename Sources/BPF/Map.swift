@@ -1,0 +1,149 @@
+import CLibBPF
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A loaded BPF map; owns its file descriptor. Keys and values are plain structs
+/// laid out as the C side's (`BitwiseCopyable`, explicit padding); their sizes are
+/// checked against the map's on every call.
+public final class Map: @unchecked Sendable {
+    public let fd: Int32
+    public let spec: MapSpec
+    public var name: String { spec.name }
+
+    init(duplicating fd: Int32, spec: MapSpec) throws {
+        let dupFD = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+        if dupFD < 0 { throw BPFError.current("dup fd of map \(spec.name)") }
+        self.fd = dupFD
+        self.spec = spec
+    }
+
+    /// Opens a pinned map.
+    public init(pinnedAt path: String) throws {
+        let fd = bpf_obj_get(path)
+        if fd < 0 { throw BPFError.current("open pinned map \(path)") }
+        var info = bpf_map_info()
+        var len = UInt32(MemoryLayout<bpf_map_info>.size)
+        if bpf_obj_get_info_by_fd(fd, &info, &len) < 0 {
+            close(fd)
+            throw BPFError.current("info of map \(path)")
+        }
+        let name = withUnsafeBytes(of: info.name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+        self.fd = fd
+        self.spec = MapSpec(name: name, type: info.type, keySize: Int(info.key_size),
+                            valueSize: Int(info.value_size), maxEntries: Int(info.max_entries),
+                            isInternal: false)
+    }
+
+    deinit { close(fd) }
+
+    public func pin(at path: String) throws {
+        try BPFError.check(bpf_obj_pin(fd, path), "pin map \(name) at \(path)")
+    }
+
+    private var isPerCPU: Bool {
+        [BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH]
+            .map(\.rawValue).contains(spec.type)
+    }
+
+    private func checkSizes<K, V>(_: K.Type, _: V.Type, _ op: String) throws {
+        guard !isPerCPU, MemoryLayout<K>.size == spec.keySize, MemoryLayout<V>.size == spec.valueSize else {
+            throw BPFError("\(op) \(name): key/value are \(MemoryLayout<K>.size)/\(MemoryLayout<V>.size) bytes, "
+                + "map wants \(spec.keySize)/\(spec.valueSize)\(isPerCPU ? " per CPU" : "")", errno: EINVAL)
+        }
+    }
+
+    private func checkKey<K>(_: K.Type, _ op: String) throws {
+        guard MemoryLayout<K>.size == spec.keySize else {
+            throw BPFError("\(op) \(name): key is \(MemoryLayout<K>.size) bytes, map wants \(spec.keySize)",
+                           errno: EINVAL)
+        }
+    }
+
+    public enum UpdateFlags: UInt64, Sendable {
+        case any = 0, noExist = 1, exist = 2
+    }
+
+    public func update<K: BitwiseCopyable, V: BitwiseCopyable>(_ key: K, _ value: V, flags: UpdateFlags = .any) throws {
+        try checkSizes(K.self, V.self, "update")
+        var k = key, v = value
+        try BPFError.check(bpf_map_update_elem(fd, &k, &v, flags.rawValue), "update \(name)")
+    }
+
+    public func lookup<K: BitwiseCopyable, V: BitwiseCopyable>(_ key: K, as: V.Type = V.self) throws -> V? {
+        try checkSizes(K.self, V.self, "lookup")
+        var k = key
+        return try withUnsafeTemporaryAllocation(byteCount: MemoryLayout<V>.size,
+                                                 alignment: MemoryLayout<V>.alignment) { buf in
+            if bpf_map_lookup_elem(fd, &k, buf.baseAddress) < 0 {
+                let e = fth_bpf_errno()
+                if e == ENOENT { return nil }
+                throw BPFError("lookup \(name)", errno: e)
+            }
+            return buf.load(as: V.self)
+        }
+    }
+
+    /// Per-CPU maps: one value per possible CPU.
+    public func lookupPerCPU<K: BitwiseCopyable, V: BitwiseCopyable>(_ key: K, as: V.Type = V.self) throws -> [V]? {
+        try checkKey(K.self, "lookup")
+        let cpus = Int(libbpf_num_possible_cpus())
+        let stride = (spec.valueSize + 7) & ~7
+        guard MemoryLayout<V>.size <= stride, cpus > 0 else { throw BPFError("lookup \(name): value size", errno: EINVAL) }
+        var k = key
+        var raw = [UInt8](repeating: 0, count: stride * cpus)
+        let rc = raw.withUnsafeMutableBytes { bpf_map_lookup_elem(fd, &k, $0.baseAddress) }
+        if rc < 0 {
+            let e = fth_bpf_errno()
+            if e == ENOENT { return nil }
+            throw BPFError("lookup \(name)", errno: e)
+        }
+        return raw.withUnsafeBytes { buf in
+            (0..<cpus).map { buf.loadUnaligned(fromByteOffset: $0 * stride, as: V.self) }
+        }
+    }
+
+    /// Deletes a key; false when it was not there.
+    @discardableResult
+    public func delete<K: BitwiseCopyable>(_ key: K) throws -> Bool {
+        try checkKey(K.self, "delete")
+        var k = key
+        if bpf_map_delete_elem(fd, &k) < 0 {
+            let e = fth_bpf_errno()
+            if e == ENOENT { return false }
+            throw BPFError("delete from \(name)", errno: e)
+        }
+        return true
+    }
+
+    /// All keys (a snapshot while the datapath may be changing the map).
+    public func keys<K: BitwiseCopyable>(as: K.Type = K.self) throws -> [K] {
+        try checkKey(K.self, "iterate")
+        var out: [K] = []
+        try withUnsafeTemporaryAllocation(byteCount: spec.keySize, alignment: 8) { next in
+            var prev: UnsafeMutableRawPointer? = nil
+            let prevBuf = UnsafeMutableRawBufferPointer.allocate(byteCount: spec.keySize, alignment: 8)
+            defer { prevBuf.deallocate() }
+            while true {
+                if bpf_map_get_next_key(fd, prev, next.baseAddress) < 0 {
+                    let e = fth_bpf_errno()
+                    if e == ENOENT { break }
+                    throw BPFError("iterate \(name)", errno: e)
+                }
+                out.append(next.load(as: K.self))
+                prevBuf.copyMemory(from: UnsafeRawBufferPointer(next))
+                prev = prevBuf.baseAddress
+                if out.count > spec.maxEntries * 2 { break }   // a map changing under us
+            }
+        }
+        return out
+    }
+
+    /// All entries; keys that vanish during the walk are skipped.
+    public func entries<K: BitwiseCopyable, V: BitwiseCopyable>(_: K.Type = K.self, _: V.Type = V.self) throws -> [(K, V)] {
+        try keys(as: K.self).compactMap { k in try lookup(k, as: V.self).map { (k, $0) } }
+    }
+}

@@ -1,0 +1,107 @@
+import Model
+
+// Swift twins of the map keys and values in bpf/lib/*.h. Field order, sizes and
+// padding are the C ones; `Map` checks the sizes against the loaded maps' on every
+// call. Addresses are stored in network byte order (`.bigEndian` of the host value).
+
+/// Map names (pin file names) of datapath version 1.
+enum MapName {
+    static let ipcache = "fth_ipc4_v1"
+    static let endpoints = "fth_ep4_v1"
+    static let policy = "fth_pol4_v1"
+    static let conntrack = "fth_ct4_v1"
+    static let events = "fth_events_v1"
+    static let metrics = "fth_metrics_v1"
+}
+
+/// Program names (the C functions).
+enum ProgramName {
+    static let fromContainer = "fth_from_container"
+    static let toContainer = "fth_to_container"
+    static let fromNetdev = "fth_from_netdev"
+}
+
+typealias MAC6 = (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8)
+
+struct IPCacheKeyRaw: BitwiseCopyable {
+    var prefixlen: UInt32
+    var addr: UInt32
+}
+
+struct IPCacheInfoRaw: BitwiseCopyable {
+    var identity: UInt32
+    var tunnelEndpoint: UInt32
+}
+
+struct EndpointKeyRaw: BitwiseCopyable {
+    var addr: UInt32
+}
+
+struct EndpointInfoRaw: BitwiseCopyable {
+    static let ingressEnforced: UInt32 = 1 << 0
+    static let egressEnforced: UInt32 = 1 << 1
+    static let lockdown: UInt32 = 1 << 2
+
+    var epID: UInt32
+    var identity: UInt32
+    var ifindex: UInt32
+    var flags: UInt32
+    var podMAC: MAC6
+    var hostMAC: MAC6
+}
+
+struct PolicyKeyRaw: BitwiseCopyable {
+    static let fixedBits: UInt32 = 72
+    var prefixlen: UInt32
+    var epID: UInt32
+    var identity: UInt32
+    var direction: UInt8
+    var proto: UInt8
+    var dport: UInt16      // network order
+}
+
+struct PolicyValueRaw: BitwiseCopyable {
+    var verdict: UInt8
+    var pad: (UInt8, UInt8, UInt8) = (0, 0, 0)
+    var ruleRef: UInt32
+}
+
+struct CTKeyRaw: BitwiseCopyable {
+    var saddr: UInt32
+    var daddr: UInt32
+    var sport: UInt16
+    var dport: UInt16
+    var proto: UInt8
+    var pad: (UInt8, UInt8, UInt8) = (0, 0, 0)
+}
+
+struct CTEntryRaw: BitwiseCopyable {
+    var expires: UInt64
+    var txPackets: UInt64
+    var txBytes: UInt64
+    var rxPackets: UInt64
+    var rxBytes: UInt64
+    var ruleRef: UInt32
+    var srcIdentity: UInt32
+    var txFlagsSeen: UInt8
+    var rxFlagsSeen: UInt8
+    var flags: UInt8
+    var pad: (UInt8, UInt8, UInt8, UInt8, UInt8)
+}
+
+struct MetricsKeyRaw: BitwiseCopyable {
+    var reason: UInt8
+    var direction: UInt8
+    var pad: UInt16 = 0
+}
+
+struct MetricsValueRaw: BitwiseCopyable {
+    var packets: UInt64
+    var bytes: UInt64
+}
+
+extension IPv4Address {
+    /// The address as a BPF map stores it (network order in memory).
+    var wire: UInt32 { value.bigEndian }
+    init(wire: UInt32) { self.init(UInt32(bigEndian: wire)) }
+}

@@ -1,0 +1,339 @@
+import BPF
+import Model
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// The eBPF datapath of one node: loads the programs, owns the maps (pinned under
+/// `config.pinDirectory`, reused when the agent restarts), attaches programs with tcx
+/// through pinned links (programs stay attached while the agent is down and are
+/// replaced atomically on restart), and reports events and counters.
+///
+/// Pin layout: `<pinDirectory>/fth_*_v1` maps, `<pinDirectory>/links/…` links
+/// (`host_<ifindex>_in`, `lxc<endpoint>_<ifindex>_in|out`).
+public final class NodeDatapath: @unchecked Sendable {
+    public let config: DatapathConfig
+
+    let ipcache: Map
+    let endpoints: Map
+    let policy: Map
+    let conntrack: Map
+    let eventsMap: Map
+    let metrics: Map
+    let fromContainer: Program
+    let toContainer: Program
+    let fromNetdev: Program
+
+    private var linkDirectory: String { config.pinDirectory + "/links" }
+    private let subscribers = Mutex<[Int: AsyncStream<DatapathEvent>.Continuation]>([:])
+    private let nextSubscriber = Atomic<Int>(0)
+    private let readerLock = Mutex<RingBufferReader?>(nil)
+    /// Serialises map writes that read first (lockdown, endpoint updates).
+    private let writeLock = Mutex<Void>(())
+
+    public init(config: DatapathConfig) throws {
+        self.config = config
+        try BPFFS.ensureMounted()
+        try BPFFS.makeDirectory(config.pinDirectory)
+
+        let lxc = try Self.load(name: "fth_lxc", bytes: EmbeddedObjects.lxc, config: config)
+        let host = try Self.load(name: "fth_host", bytes: EmbeddedObjects.host, config: config)
+        ipcache = try lxc.map(MapName.ipcache)
+        endpoints = try lxc.map(MapName.endpoints)
+        policy = try lxc.map(MapName.policy)
+        conntrack = try lxc.map(MapName.conntrack)
+        eventsMap = try lxc.map(MapName.events)
+        metrics = try lxc.map(MapName.metrics)
+        fromContainer = try lxc.program(ProgramName.fromContainer)
+        toContainer = try lxc.program(ProgramName.toContainer)
+        fromNetdev = try host.program(ProgramName.fromNetdev)
+        try BPFFS.makeDirectory(linkDirectory)
+    }
+
+    deinit {
+        readerLock.withLock { $0?.stop() }
+        subscribers.withLock { subs in subs.values.forEach { $0.finish() } }
+    }
+
+    private static func load(name: String, bytes: [UInt8], config: DatapathConfig) throws -> Collection {
+        do {
+            let spec = try ObjectSpec(name: name, bytes: bytes)
+            try spec.setGlobal("fth_node_ip", config.nodeIP.wire)
+            try spec.setGlobal("fth_router_ip", config.routerIP.wire)
+            try spec.setGlobal("fth_pod_cidr", config.podCIDR.address.wire)
+            try spec.setGlobal("fth_pod_cidr_mask", config.podCIDR.mask.bigEndian)
+            try spec.setGlobal("fth_cluster_cidr", config.clusterCIDR.address.wire)
+            try spec.setGlobal("fth_cluster_cidr_mask", config.clusterCIDR.mask.bigEndian)
+            return try spec.load(pinDirectory: config.pinDirectory)
+        } catch let e as BPFError {
+            throw e.context("datapath \(config.pinDirectory)")
+        }
+    }
+
+    /// Removes every pin of a node's datapath (lab down): maps go away, and programs
+    /// detach once no process holds their links.
+    public static func removePins(at dir: String) throws {
+        try BPFFS.removeTree(dir)
+    }
+
+    // MARK: attach
+
+    /// Attaches from-netdev to the node's uplink (tcx ingress).
+    public func attachUplink(ifindex: Int32) throws {
+        try attach(fromNetdev, ifindex: ifindex, .ingress, pin: "host_\(ifindex)_in")
+    }
+
+    /// Writes the endpoint and attaches from-container / to-container to its host veth.
+    /// Idempotent: an attached link is updated to the current programs.
+    public func attachEndpoint(_ ep: EndpointEntry) throws {
+        try writeLock.withLock { _ in
+            try endpoints.update(EndpointKeyRaw(addr: ep.ip.wire), ep.raw)
+        }
+        let prefix = "lxc\(ep.id)_"
+        // Links of an earlier veth of the same endpoint (re-created interface).
+        for name in linkPins() where name.hasPrefix(prefix) && !name.hasPrefix("\(prefix)\(ep.hostIfindex)_") {
+            try removeLink(name)
+        }
+        try attach(fromContainer, ifindex: ep.hostIfindex, .ingress, pin: "\(prefix)\(ep.hostIfindex)_in")
+        try attach(toContainer, ifindex: ep.hostIfindex, .egress, pin: "\(prefix)\(ep.hostIfindex)_out")
+    }
+
+    /// Writes (or rewrites) the endpoint's entry without touching attachments.
+    public func updateEndpoint(_ ep: EndpointEntry) throws {
+        try writeLock.withLock { _ in
+            try endpoints.update(EndpointKeyRaw(addr: ep.ip.wire), ep.raw)
+        }
+    }
+
+    /// Detaches the endpoint's programs and removes its entry and policy.
+    public func removeEndpoint(id: UInt32, ip: IPv4Address, hostIfindex: Int32) throws {
+        for name in linkPins() where name.hasPrefix("lxc\(id)_") { try removeLink(name) }
+        try writeLock.withLock { _ in
+            if let raw = try endpoints.lookup(EndpointKeyRaw(addr: ip.wire), as: EndpointInfoRaw.self),
+               raw.epID == id {
+                try endpoints.delete(EndpointKeyRaw(addr: ip.wire))
+            }
+        }
+        for key in try policy.keys(as: PolicyKeyRaw.self) where key.epID == id {
+            try policy.delete(key)
+        }
+    }
+
+    private func attach(_ program: Program, ifindex: Int32, _ point: TCXAttachPoint, pin: String) throws {
+        let path = linkDirectory + "/" + pin
+        if BPFFS.exists(path) {
+            do {
+                let link = try Link(pinnedAt: path)
+                try link.update(program: program)
+                return
+            } catch {
+                // A defunct link (its interface is gone): replace the pin.
+                unlink(path)
+            }
+        }
+        do {
+            let link = try program.attachTCX(ifindex: ifindex, point)
+            try link.pin(at: path)
+        } catch let e as BPFError {
+            throw e.context("attach \(pin)")
+        }
+    }
+
+    private func removeLink(_ name: String) throws {
+        let path = linkDirectory + "/" + name
+        if let link = try? Link(pinnedAt: path) { try? link.detach() }
+        if unlink(path) != 0 && errno != ENOENT { throw BPFError("unpin \(path)", errno: errno) }
+    }
+
+    private func linkPins() -> [String] {
+        guard let dir = opendir(linkDirectory) else { return [] }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    // MARK: ipcache
+
+    public func upsertIPCache(_ prefix: IPv4Prefix, identity: UInt32, tunnelEndpoint: IPv4Address?) throws {
+        try ipcache.update(IPCacheKeyRaw(prefixlen: UInt32(prefix.length), addr: prefix.address.wire),
+                           IPCacheInfoRaw(identity: identity, tunnelEndpoint: tunnelEndpoint?.wire ?? 0))
+    }
+
+    public func deleteIPCache(_ prefix: IPv4Prefix) throws {
+        try ipcache.delete(IPCacheKeyRaw(prefixlen: UInt32(prefix.length), addr: prefix.address.wire))
+    }
+
+    public func dumpIPCache() throws -> [IPCacheEntry] {
+        try ipcache.entries(IPCacheKeyRaw.self, IPCacheInfoRaw.self).map { k, v in
+            IPCacheEntry(prefix: IPv4Prefix(IPv4Address(wire: k.addr), UInt8(k.prefixlen)),
+                         identity: v.identity,
+                         tunnelEndpoint: v.tunnelEndpoint == 0 ? nil : IPv4Address(wire: v.tunnelEndpoint))
+        }.sorted { ($0.prefix.address, $0.prefix.length) < ($1.prefix.address, $1.prefix.length) }
+    }
+
+    public func dumpEndpoints() throws -> [EndpointEntry] {
+        try endpoints.entries(EndpointKeyRaw.self, EndpointInfoRaw.self)
+            .map { EndpointEntry(ip: IPv4Address(wire: $0.addr), raw: $1) }
+            .sorted { $0.id < $1.id }
+    }
+
+    // MARK: policy
+
+    /// The policy map ran out of room for an endpoint; it is now in lockdown.
+    public struct PolicyMapFull: Error, CustomStringConvertible {
+        public var endpointID: UInt32
+        public var underlying: BPFError
+        public var description: String {
+            "policy map full for endpoint \(endpointID), endpoint put in lockdown: \(underlying)"
+        }
+    }
+
+    /// Applies a diff to one endpoint's policy: deletes first, then upserts. When the map
+    /// is full the endpoint is put in lockdown (fail closed) and `PolicyMapFull` thrown.
+    public func setPolicy(endpointID: UInt32, upsert: [PolicyEntry], delete: [PolicyKey]) throws {
+        for key in delete { try policy.delete(key.raw(endpointID: endpointID)) }
+        for entry in upsert {
+            do {
+                try policy.update(entry.key.raw(endpointID: endpointID),
+                                  PolicyValueRaw(verdict: entry.verdict.rawValue, ruleRef: entry.ruleRef))
+            } catch let e as BPFError where e.errno == ENOSPC || e.errno == E2BIG || e.errno == ENOMEM {
+                try setLockdown(endpointID: endpointID, true)
+                throw PolicyMapFull(endpointID: endpointID, underlying: e)
+            }
+        }
+    }
+
+    /// Sets or clears an endpoint's lockdown flag.
+    public func setLockdown(endpointID: UInt32, _ on: Bool) throws {
+        try writeLock.withLock { _ in
+            for (k, var v) in try endpoints.entries(EndpointKeyRaw.self, EndpointInfoRaw.self) where v.epID == endpointID {
+                if on { v.flags |= EndpointInfoRaw.lockdown } else { v.flags &= ~EndpointInfoRaw.lockdown }
+                try endpoints.update(k, v, flags: .exist)
+            }
+        }
+    }
+
+    public func dumpPolicy(endpointID: UInt32) throws -> [PolicyEntry] {
+        try policy.entries(PolicyKeyRaw.self, PolicyValueRaw.self)
+            .filter { $0.0.epID == endpointID }
+            .compactMap { k, v in
+                PolicyKey(raw: k).map {
+                    PolicyEntry(key: $0, verdict: PolicyVerdict(rawValue: v.verdict) ?? .deny, ruleRef: v.ruleRef)
+                }
+            }
+    }
+
+    // MARK: conntrack
+
+    public func dumpConntrack() throws -> [ConntrackEntry] {
+        try conntrack.entries(CTKeyRaw.self, CTEntryRaw.self).map { k, v in
+            ConntrackEntry(source: IPv4Address(wire: k.saddr), destination: IPv4Address(wire: k.daddr),
+                           sourcePort: k.sport, destinationPort: k.dport, proto: k.proto,
+                           expires: v.expires, txPackets: v.txPackets, txBytes: v.txBytes,
+                           rxPackets: v.rxPackets, rxBytes: v.rxBytes, ruleRef: v.ruleRef,
+                           sourceIdentity: v.srcIdentity, txFlagsSeen: v.txFlagsSeen,
+                           rxFlagsSeen: v.rxFlagsSeen, seenReply: v.flags & 1 != 0, closing: v.flags & 2 != 0)
+        }
+    }
+
+    /// CLOCK_MONOTONIC seconds, the clock of conntrack `expires`.
+    public static func monotonicSeconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec)
+    }
+
+    /// Deletes entries that expired before `now` (monotonic seconds); returns how many.
+    public func collectExpiredConntrack(now: UInt64 = NodeDatapath.monotonicSeconds()) throws -> Int {
+        var removed = 0
+        for key in try conntrack.keys(as: CTKeyRaw.self) {
+            guard let v = try conntrack.lookup(key, as: CTEntryRaw.self), v.expires < now else { continue }
+            if try conntrack.delete(key) { removed += 1 }
+        }
+        return removed
+    }
+
+    // MARK: counters
+
+    public func counters() throws -> [CounterEntry] {
+        try metrics.keys(as: MetricsKeyRaw.self).compactMap { k in
+            guard let perCPU = try metrics.lookupPerCPU(k, as: MetricsValueRaw.self) else { return nil }
+            return CounterEntry(reason: k.reason, direction: TrafficDirection(rawValue: k.direction),
+                                packets: perCPU.reduce(0) { $0 + $1.packets },
+                                bytes: perCPU.reduce(0) { $0 + $1.bytes })
+        }.sorted { ($0.reason, $0.direction?.rawValue ?? 0) < ($1.reason, $1.direction?.rawValue ?? 0) }
+    }
+
+    // MARK: events
+
+    /// Decoded trace and drop events. The ring buffer is drained every 50 ms on a
+    /// dedicated thread from the first call on; each stream gets every event.
+    public func events() -> AsyncStream<DatapathEvent> {
+        let id = nextSubscriber.wrappingAdd(1, ordering: .relaxed).oldValue
+        let (stream, continuation) = AsyncStream<DatapathEvent>.makeStream(bufferingPolicy: .bufferingNewest(65536))
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.subscribers.withLock { $0.removeValue(forKey: id) }
+        }
+        subscribers.withLock { $0[id] = continuation }
+        try? reader().start(interval: 50)
+        return stream
+    }
+
+    /// Drains the ring buffer now (instead of waiting for the next tick); returns the
+    /// events dispatched meanwhile, which also go to every `events()` stream.
+    @discardableResult
+    public func flushEvents() throws -> [DatapathEvent] {
+        try flushLock.withLock { _ in
+            flushBuffer.withLock { $0 = [] }
+            try reader().drain()
+            return flushBuffer.withLock { b in let out = b ?? []; b = nil; return out }
+        }
+    }
+
+    private let flushLock = Mutex<Void>(())
+    private let flushBuffer = Mutex<[DatapathEvent]?>(nil)
+
+    private func reader() throws -> RingBufferReader {
+        try readerLock.withLock { r in
+            if let r { return r }
+            let new = try RingBufferReader(map: eventsMap) { [weak self] bytes in
+                guard let self, let event = DatapathEvent(bytes: bytes) else { return }
+                self.dispatch(event)
+            }
+            r = new
+            return new
+        }
+    }
+
+    private func dispatch(_ event: DatapathEvent) {
+        flushBuffer.withLock { $0?.append(event) }
+        subscribers.withLock { subs in subs.values.forEach { $0.yield(event) } }
+    }
+}
+
+extension NodeDatapath {
+    public enum ProgramKind: Sendable {
+        case fromContainer, toContainer, fromNetdev
+    }
+
+    /// Runs one of the programs on a packet with BPF_PROG_TEST_RUN (no attach needed):
+    /// the maps are the live ones. `context` is an optional `struct __sk_buff` prefix.
+    public func testRun(_ kind: ProgramKind, packet: [UInt8], context: [UInt8]? = nil) throws -> Program.TestRunResult {
+        let program = switch kind {
+        case .fromContainer: fromContainer
+        case .toContainer: toContainer
+        case .fromNetdev: fromNetdev
+        }
+        return try program.testRun(packet: packet, context: context)
+    }
+}

@@ -1,0 +1,73 @@
+import Testing
+import Foundation
+import Logging
+import Model
+import ClusterStore
+@testable import Agent
+
+func scratchDirectory() -> String {
+    let dir = NSTemporaryDirectory() + "fathom-agent-test-\(UUID().uuidString.prefix(8))"
+    try! FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    return dir
+}
+
+func makeAgent(_ name: String, index: Int?, store: any KVStore, dir: String? = nil) throws -> Agent {
+    let d = dir ?? scratchDirectory()
+    let config = AgentConfig(nodeName: name, nodeAddress: IPv4Address("192.168.101.101")!, preferredCIDRIndex: index,
+                             stateDirectory: d, socketPath: d + "/agent.sock", etcdEndpoint: "memory")
+    return try Agent(config: config, store: store, logger: Logger(label: "test"))
+}
+
+@Suite struct PodCIDRClaimTests {
+    @Test func agentsStartedTogetherNeverShareACIDR() async throws {
+        let store = MemoryStore()
+        let agents = try (1...8).map { try makeAgent("node\($0)", index: 1, store: store) }
+        let cidrs = try await withThrowingTaskGroup(of: IPv4Prefix.self) { group in
+            for a in agents { group.addTask { try await a.claimPodCIDR() } }
+            return try await group.reduce(into: [IPv4Prefix]()) { $0.append($1) }
+        }
+        #expect(Set(cidrs).count == 8, "claims: \(cidrs)")
+        #expect(cidrs.contains(IPv4Prefix("10.42.1.0/24")!))
+        let (claims, _) = try await store.list(prefix: StoreKeys.podCIDRs)
+        #expect(claims.count == 8)
+    }
+
+    @Test func aRestartedAgentKeepsItsCIDR() async throws {
+        let store = MemoryStore()
+        let dir = scratchDirectory()
+        let first = try await makeAgent("node3", index: 3, store: store, dir: dir).claimPodCIDR()
+        #expect(first == IPv4Prefix("10.42.3.0/24"))
+        // Someone else asks for 3 meanwhile and gets another one.
+        let other = try await makeAgent("node9", index: 3, store: store).claimPodCIDR()
+        #expect(other != first)
+        let again = try await makeAgent("node3", index: 3, store: store, dir: dir).claimPodCIDR()
+        #expect(again == first)
+    }
+
+    @Test func hostInterfaceNamesAreStableAndShort() {
+        let a = hostInterfaceName(containerID: "abc", ifName: "eth0")
+        #expect(a == hostInterfaceName(containerID: "abc", ifName: "eth0"))
+        #expect(a != hostInterfaceName(containerID: "abd", ifName: "eth0"))
+        #expect(a.count == 14 && a.hasPrefix("fth"))
+    }
+}
+
+@Suite struct StateFileTests {
+    @Test func stateRoundTripsAndBadFileIsNamed() throws {
+        let dir = scratchDirectory()
+        let file = StateFile(path: dir + "/state.json")
+        var s = LocalState()
+        s.podCIDR = IPv4Prefix("10.42.1.0/24")
+        s.nextEndpointID = 7
+        try file.save(s)
+        let back = try file.load()
+        #expect(back.podCIDR == s.podCIDR && back.nextEndpointID == 7)
+        FileManager.default.createFile(atPath: dir + "/state.json", contents: Data("garbage".utf8))
+        do {
+            _ = try file.load()
+            Issue.record("loaded garbage")
+        } catch {
+            #expect("\(error)".contains(dir + "/state.json"))
+        }
+    }
+}

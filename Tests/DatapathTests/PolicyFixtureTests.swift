@@ -1,0 +1,197 @@
+import BPF
+import Datapath
+import Model
+import Testing
+
+/// Packets through the programs with BPF_PROG_TEST_RUN: verdict, rewritten bytes,
+/// events and counters.
+@Suite(.enabled(if: Privileges.available, "\(Privileges.missing ?? "")"), .serialized)
+struct PolicyFixtureTests {
+    let a = Fixture.a, b = Fixture.b
+
+    @Test func allowedByIdentityAndPortIsDeliveredIntoThePod() throws {
+        let f = try Fixture()
+        try f.dp.setPolicy(endpointID: b.id, upsert: [
+            PolicyEntry(key: PolicyKey(remoteIdentity: a.identity, direction: .ingress, proto: IPProtocol.tcp, port: 80),
+                        verdict: .allow, ruleRef: 7),
+        ], delete: [])
+        let r = try f.fromContainer(a, packet(a.ip, b.ip).tcp(sport: 40000, dport: 80))
+        #expect(r.verdict == TC.redirect)
+        #expect(Array(r.packet[0..<6]) == b.podMAC.bytes)
+        #expect(Array(r.packet[6..<12]) == b.hostMAC.bytes)
+        #expect(r.packet[14 + 8] == 63, "TTL decremented")
+        #expect(Packet.checksum(Array(r.packet[14..<34])) == 0, "IPv4 checksum still valid")
+
+        let events = try f.dp.flushEvents()
+        let trace = try #require(events.first { $0.kind == .trace })
+        #expect(trace.traceReason == .new)
+        #expect(trace.sourceIdentity == a.identity && trace.destinationIdentity == b.identity)
+        #expect(trace.ruleRef == 7)
+        #expect(try f.counter(0, .egress) == 1)
+        // The second packet of the connection: no new flags, no event.
+        _ = try f.fromContainer(a, packet(a.ip, b.ip).tcp(sport: 40000, dport: 80, flags: 0x02))
+        #expect(try f.dp.flushEvents().isEmpty)
+        // Another port is not allowed.
+        #expect(try f.fromContainer(a, packet(a.ip, b.ip).tcp(sport: 40001, dport: 81)).verdict == TC.shot)
+    }
+
+    @Test func deniedByDefaultIs133WithBothIdentities() throws {
+        let f = try Fixture()
+        let r = try f.fromContainer(a, packet(a.ip, b.ip).tcp(sport: 40000, dport: 80))
+        #expect(r.verdict == TC.shot)
+        let drop = try #require(try f.drops().first)
+        #expect(drop.dropReason == .policyDenied)
+        #expect(drop.reasonCode == 133)
+        #expect(drop.sourceIdentity == a.identity)
+        #expect(drop.destinationIdentity == b.identity)
+        #expect(drop.direction == .ingress)
+        #expect(drop.endpointID == b.id)
+        #expect(drop.observationPoint == .fromContainer)
+        #expect(drop.source == a.ip && drop.destination == b.ip && drop.destinationPort == 80)
+        #expect(try f.counter(133, .ingress) == 1)
+        #expect(try f.dp.dumpConntrack().isEmpty, "no conntrack entry for a dropped flow")
+    }
+
+    @Test func denyEntryOverlappingAnAllowIs181() throws {
+        let f = try Fixture()
+        let allow = PolicyKey.range(remoteIdentity: a.identity, direction: .ingress, proto: IPProtocol.tcp, ports: 0...1023)
+        try f.dp.setPolicy(endpointID: b.id, upsert: allow.map { PolicyEntry(key: $0, verdict: .allow, ruleRef: 1) } + [
+            PolicyEntry(key: PolicyKey(remoteIdentity: a.identity, direction: .ingress, proto: IPProtocol.tcp, port: 443),
+                        verdict: .deny, ruleRef: 2),
+        ], delete: [])
+        #expect(try f.fromContainer(a, packet(a.ip, b.ip).tcp(sport: 40000, dport: 443)).verdict == TC.shot)
+        let drop = try #require(try f.drops().first)
+        #expect(drop.dropReason == .policyDeny)
+        #expect(drop.ruleRef == 2)
+        #expect(try f.fromContainer(a, packet(a.ip, b.ip).tcp(sport: 40000, dport: 80)).verdict == TC.redirect)
+    }
+
+    @Test func replyOfAnEstablishedConnectionPassesWithoutPolicy() throws {
+        var pod = a
+        pod.ingressEnforced = true
+        pod.egressEnforced = true
+        let f = try Fixture(endpoints: [pod, b])
+        try f.dp.setPolicy(endpointID: pod.id, upsert: [
+            PolicyEntry(key: PolicyKey(remoteIdentity: Fixture.remoteIdentity, direction: .egress,
+                                       proto: IPProtocol.tcp, port: 8080), verdict: .allow, ruleRef: 3),
+        ], delete: [])
+        // a -> remote pod: egress allowed, handed to the kernel's routing.
+        #expect(try f.fromContainer(pod, packet(pod.ip, Fixture.remotePod).tcp(sport: 41000, dport: 8080)).verdict == TC.ok)
+        // The reply arrives from the uplink: no ingress policy, but conntrack knows it.
+        let reply = try f.fromNetdev(packet(Fixture.remotePod, pod.ip).tcp(sport: 8080, dport: 41000, flags: 0x12))
+        #expect(reply.verdict == TC.redirect)
+        #expect(Array(reply.packet[0..<6]) == pod.podMAC.bytes)
+        let traces = try f.dp.flushEvents().filter { $0.kind == .trace }
+        #expect(traces.map(\.traceReason) == [.new, .reply])
+        let ct = try #require(try f.dp.dumpConntrack().first)
+        #expect(ct.txPackets == 1 && ct.rxPackets == 1 && ct.seenReply)
+        #expect(ct.ruleRef == 3)
+        // A new connection the other way is not a reply: denied.
+        #expect(try f.fromNetdev(packet(Fixture.remotePod, pod.ip).tcp(sport: 8080, dport: 41001)).verdict == TC.shot)
+        #expect(try f.drops().first?.dropReason == .policyDenied)
+        // Expiry: nothing is expired now; everything is an hour from now... after 7 hours.
+        #expect(try f.dp.collectExpiredConntrack() == 0)
+        #expect(try f.dp.collectExpiredConntrack(now: NodeDatapath.monotonicSeconds() + 7 * 3600) == 1)
+        #expect(try f.dp.dumpConntrack().isEmpty)
+    }
+
+    @Test func portRangeBoundaries() throws {
+        let f = try Fixture()
+        let keys = PolicyKey.range(remoteIdentity: a.identity, direction: .ingress, proto: IPProtocol.tcp, ports: 8000...8080)
+        // 8000/10 (8000-8063), 8064/12 (8064-8079), 8080/16
+        #expect(keys.map(\.port) == [8000, 8064, 8080])
+        #expect(keys.map(\.portPrefixLength) == [10, 12, 16])
+        try f.dp.setPolicy(endpointID: b.id, upsert: keys.map { PolicyEntry(key: $0, verdict: .allow) }, delete: [])
+        #expect(Set(try f.dp.dumpPolicy(endpointID: b.id).map(\.key)) == Set(keys))
+        for (port, expected) in [(7999, TC.shot), (8000, TC.redirect), (8080, TC.redirect), (8081, TC.shot), (8063, TC.redirect), (8064, TC.redirect)] {
+            let r = try f.fromContainer(a, packet(a.ip, b.ip).tcp(sport: 50000, dport: UInt16(port)))
+            #expect(r.verdict == expected, "port \(port)")
+        }
+        // A diff: delete the last block, 8080 is denied again.
+        try f.dp.setPolicy(endpointID: b.id, upsert: [], delete: [keys.last!])
+        #expect(try f.fromContainer(a, packet(a.ip, b.ip).tcp(sport: 50001, dport: 8080)).verdict == TC.shot)
+    }
+
+    @Test func udpByProtocolAndPort() throws {
+        let f = try Fixture()
+        try f.dp.setPolicy(endpointID: b.id, upsert: [
+            PolicyEntry(key: PolicyKey(remoteIdentity: 0, direction: .ingress, proto: IPProtocol.udp, port: 53), verdict: .allow),
+        ], delete: [])
+        #expect(try f.fromContainer(a, packet(a.ip, b.ip).udp(sport: 33333, dport: 53)).verdict == TC.redirect)
+        #expect(try f.fromContainer(a, packet(a.ip, b.ip).tcp(sport: 33333, dport: 53)).verdict == TC.shot)
+        // The reply from b to a: a has no policy, and it is a conntrack reply anyway.
+        #expect(try f.fromContainer(b, packet(b.ip, a.ip).udp(sport: 53, dport: 33333)).verdict == TC.redirect)
+        let ct = try #require(try f.dp.dumpConntrack().first { $0.proto == IPProtocol.udp })
+        #expect(ct.rxPackets == 1)
+    }
+
+    @Test func icmpEchoAndItsReply() throws {
+        var pod = a
+        pod.ingressEnforced = true
+        let f = try Fixture(endpoints: [pod, b])
+        try f.dp.setPolicy(endpointID: b.id, upsert: [
+            PolicyEntry(key: PolicyKey(remoteIdentity: pod.identity, direction: .ingress, proto: IPProtocol.icmp), verdict: .allow),
+        ], delete: [])
+        #expect(try f.fromContainer(pod, packet(pod.ip, b.ip).icmpEcho()).verdict == TC.redirect)
+        // The echo reply enters a (ingress enforced, no entry) as a conntrack reply.
+        #expect(try f.fromContainer(b, packet(b.ip, pod.ip).icmpEcho(reply: true)).verdict == TC.redirect)
+        // b pinging a is a new flow: a's ingress has no entry.
+        #expect(try f.fromContainer(b, packet(b.ip, pod.ip).icmpEcho(id: 99)).verdict == TC.shot)
+        // ICMP from the remote pod to b: no entry for its identity.
+        #expect(try f.fromNetdev(packet(Fixture.remotePod, b.ip).icmpEcho()).verdict == TC.shot)
+        let drops = try f.drops()
+        #expect(drops.map(\.dropReason) == [.policyDenied, .policyDenied])
+        #expect(drops.last?.sourceIdentity == Fixture.remoteIdentity)
+    }
+
+    @Test func unknownSourceIsWorld() throws {
+        let f = try Fixture()
+        let outside = IPv4Address(8, 8, 8, 8)
+        #expect(try f.fromNetdev(packet(outside, b.ip).tcp(sport: 1234, dport: 80)).verdict == TC.shot)
+        let drop = try #require(try f.drops().first)
+        #expect(drop.sourceIdentity == ReservedIdentity.world)
+        #expect(drop.dropReason == .policyDenied)
+        #expect(drop.observationPoint == .fromNetdev)
+        try f.dp.setPolicy(endpointID: b.id, upsert: [
+            PolicyEntry(key: PolicyKey(remoteIdentity: ReservedIdentity.world, direction: .ingress, proto: IPProtocol.tcp, port: 80),
+                        verdict: .allow),
+        ], delete: [])
+        #expect(try f.fromNetdev(packet(outside, b.ip).tcp(sport: 1234, dport: 80)).verdict == TC.redirect)
+        // Not for a local pod: the node's own traffic, untouched.
+        #expect(try f.fromNetdev(packet(outside, Fixture.config.node).tcp(sport: 1234, dport: 22)).verdict == TC.ok)
+    }
+
+    @Test func spoofedSourceLockdownArpAndHost() throws {
+        let f = try Fixture()
+        // A source address that is not the pod's: 132.
+        #expect(try f.fromContainer(a, packet(IPv4Address(10, 42, 1, 99), b.ip).udp(sport: 1, dport: 2)).verdict == TC.shot)
+        #expect(try f.drops().first?.dropReason == .invalidSourceIP)
+        // a's address from b's veth: 132 as well.
+        #expect(try f.fromContainer(b, packet(a.ip, b.ip).udp(sport: 1, dport: 2)).verdict == TC.shot)
+        // ARP always passes.
+        #expect(try f.fromContainer(a, packet(a.ip, Fixture.config.router).arp()).verdict == TC.ok)
+        // The node itself reaches b despite default deny (to-container, identity host).
+        #expect(try f.toContainer(packet(Fixture.config.node, b.ip).tcp(sport: 5555, dport: 8080)).verdict == TC.ok)
+        #expect(try f.toContainer(packet(Fixture.remotePod, b.ip).tcp(sport: 5555, dport: 8080)).verdict == TC.shot)
+        _ = try f.dp.flushEvents()
+        // Lockdown: everything from and to a is dropped, with its own reason.
+        try f.dp.setLockdown(endpointID: a.id, true)
+        #expect(try f.fromContainer(a, packet(a.ip, Fixture.config.node).udp(sport: 1, dport: 2)).verdict == TC.shot)
+        #expect(try f.drops().first?.dropReason == .endpointLockdown)
+        #expect(try f.dp.dumpEndpoints().first { $0.id == a.id }?.lockdown == true)
+    }
+
+    @Test func restartReusesPinnedMaps() throws {
+        let f = try Fixture()
+        let c = Fixture.config
+        let again = try NodeDatapath(config: DatapathConfig(
+            nodeIP: c.node, routerIP: c.router, podCIDR: c.pods, clusterCIDR: c.cluster, pinDirectory: f.pinDirectory))
+        #expect(try again.dumpEndpoints().map(\.id) == [a.id, b.id])
+        #expect(try again.dumpIPCache().contains { $0.prefix == IPv4Prefix(Fixture.remotePod, 32) && $0.tunnelEndpoint == Fixture.remoteNode })
+        // Policy written through one instance is enforced by the other's programs.
+        try again.setPolicy(endpointID: b.id, upsert: [
+            PolicyEntry(key: PolicyKey(remoteIdentity: a.identity, direction: .ingress), verdict: .allow),
+        ], delete: [])
+        #expect(try f.fromContainer(a, packet(a.ip, b.ip).udp(sport: 9, dport: 9)).verdict == TC.redirect)
+    }
+}

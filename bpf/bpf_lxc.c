@@ -1,0 +1,100 @@
+/* Programs on a pod's host-side veth.
+ *
+ * from-container (tcx ingress): everything the pod sends. Checks the source is
+ * the pod, the pod's egress policy, and for a pod on this node also the
+ * destination's ingress policy, then delivers it straight into that pod
+ * (bpf_redirect_peer) or hands it to the kernel's routing (remote pods, node,
+ * outside). ARP always passes; other non-IPv4 traffic is dropped.
+ *
+ * to-container (tcx egress): what the kernel stack delivers to the pod (from the
+ * node itself, or routed); redirected traffic never gets here.
+ */
+#include "lib/common.h"
+#include "lib/ipcache.h"
+#include "lib/endpoints.h"
+#include "lib/policy.h"
+#include "lib/conntrack.h"
+#include "lib/events.h"
+#include "lib/ingress.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct fth_ctx *c)
+{
+	struct endpoint_info *src, *dst;
+	__u8 trace;
+	int ret;
+
+	ret = parse_ipv4(skb, &c->flow);
+	if (ret)
+		return drop(skb, c, ret, FTH_DIR_EGRESS);
+	src = endpoint_lookup(c->flow.saddr);
+	if (!src || src->ifindex != skb->ingress_ifindex)
+		return drop(skb, c, FTH_DROP_INVALID_SOURCE_IP, FTH_DIR_EGRESS);
+	c->endpoint_id = src->ep_id;
+	c->src_identity = src->identity;
+	if (src->flags & FTH_EP_LOCKDOWN)
+		return drop(skb, c, FTH_DROP_ENDPOINT_LOCKDOWN, FTH_DIR_EGRESS);
+
+	dst = endpoint_lookup(c->flow.daddr);
+	c->dst_identity = dst ? dst->identity : ipcache_identity(c->flow.daddr);
+	if (dst && (dst->flags & FTH_EP_LOCKDOWN)) {
+		c->endpoint_id = dst->ep_id;
+		return drop(skb, c, FTH_DROP_ENDPOINT_LOCKDOWN, FTH_DIR_INGRESS);
+	}
+
+	ret = ct_and_policy(c, src, dst, &trace);
+	if (ret)
+		return drop(skb, c, ret, c->direction);
+	if (!dst)
+		return forward(skb, c, trace, TC_ACT_OK);
+	ret = endpoint_deliver(skb, dst);
+	if (ret < 0)
+		return drop(skb, c, -ret, FTH_DIR_INGRESS);
+	return forward(skb, c, trace, ret);
+}
+
+static __always_inline int to_container_ipv4(struct __sk_buff *skb, struct fth_ctx *c)
+{
+	struct endpoint_info *dst;
+	__u8 trace;
+	int ret;
+
+	ret = parse_ipv4(skb, &c->flow);
+	if (ret)
+		return drop(skb, c, ret, FTH_DIR_INGRESS);
+	dst = endpoint_lookup(c->flow.daddr);
+	if (!dst)
+		return drop(skb, c, FTH_DROP_UNKNOWN_TARGET, FTH_DIR_INGRESS);
+	c->endpoint_id = dst->ep_id;
+	c->dst_identity = dst->identity;
+	c->src_identity = ipcache_identity(c->flow.saddr);
+	if (dst->flags & FTH_EP_LOCKDOWN)
+		return drop(skb, c, FTH_DROP_ENDPOINT_LOCKDOWN, FTH_DIR_INGRESS);
+	ret = ct_and_policy(c, 0, dst, &trace);
+	if (ret)
+		return drop(skb, c, ret, c->direction);
+	return forward(skb, c, trace, TC_ACT_OK);
+}
+
+SEC("tc")
+int fth_from_container(struct __sk_buff *skb)
+{
+	struct fth_ctx c = { .obs_point = FTH_OBS_FROM_CONTAINER, .direction = FTH_DIR_EGRESS };
+
+	if (skb->protocol == bpf_htons(ETH_P_ARP))
+		return TC_ACT_OK;
+	if (!is_ipv4(skb))
+		return drop(skb, &c, FTH_DROP_UNSUPPORTED_L3_PROTOCOL, FTH_DIR_EGRESS);
+	return from_container_ipv4(skb, &c);
+}
+
+SEC("tc")
+int fth_to_container(struct __sk_buff *skb)
+{
+	struct fth_ctx c = { .obs_point = FTH_OBS_TO_CONTAINER, .direction = FTH_DIR_INGRESS };
+
+	if (!is_ipv4(skb))
+		return TC_ACT_OK;
+	return to_container_ipv4(skb, &c);
+}

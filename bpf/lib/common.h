@@ -1,0 +1,138 @@
+/* Common definitions for every Fathom program: load-time settings, reserved
+ * identities, directions, and IPv4 packet parsing into a flow tuple.
+ *
+ * Settings are `const volatile` globals in .rodata that the loader writes before
+ * the object is loaded, so one object serves every node. Addresses are in network
+ * byte order, as on the wire.
+ */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "drop_reasons.h"
+
+/* ---- load-time settings (set by Sources/Datapath before load) ---- */
+const volatile __u32 fth_node_ip = 0;           /* node underlay address */
+const volatile __u32 fth_router_ip = 0;         /* pods' gateway: first address of the pod CIDR */
+const volatile __u32 fth_pod_cidr = 0;          /* this node's pod CIDR (address) */
+const volatile __u32 fth_pod_cidr_mask = 0;     /*   and its netmask */
+const volatile __u32 fth_cluster_cidr = 0;      /* every node's pods */
+const volatile __u32 fth_cluster_cidr_mask = 0;
+
+/* ---- reserved security identities (Cilium's numbers) ---- */
+#define FTH_ID_UNKNOWN   0
+#define FTH_ID_HOST      1
+#define FTH_ID_WORLD     2
+#define FTH_ID_UNMANAGED 3
+
+/* ---- directions: policy, counters and events share them (Cilium's METRIC_*) ---- */
+#define FTH_DIR_INGRESS 1
+#define FTH_DIR_EGRESS  2
+
+#ifndef TC_ACT_REDIRECT
+#define TC_ACT_REDIRECT 7
+#endif
+
+#define FTH_TCP_FIN 0x01
+#define FTH_TCP_SYN 0x02
+#define FTH_TCP_RST 0x04
+#define FTH_TCP_ACK 0x10
+
+/* The flow a packet belongs to. Addresses network order, ports host order.
+ * ICMP echo uses the echo id as the source port of a request and as the
+ * destination port of a reply, so a reply finds the request's entry reversed. */
+struct fth_flow {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8  proto;
+	__u8  tcp_flags;
+	__u8  ttl;
+	__u8  pad;
+	__u32 len;
+};
+
+static __always_inline int is_ipv4(struct __sk_buff *skb)
+{
+	return skb->protocol == bpf_htons(ETH_P_IP);
+}
+
+/* Parses Ethernet + IPv4 + the L4 header into *f. Returns 0 or a drop reason. */
+static __always_inline int parse_ipv4(struct __sk_buff *skb, struct fth_flow *f)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+
+	if ((void *)(ip + 1) > data_end)
+		return FTH_DROP_INVALID_PACKET;
+	if (ip->version != 4 || ip->ihl < 5)
+		return FTH_DROP_INVALID_PACKET;
+	f->saddr = ip->saddr;
+	f->daddr = ip->daddr;
+	f->proto = ip->protocol;
+	f->ttl = ip->ttl;
+	f->tcp_flags = 0;
+	f->sport = 0;
+	f->dport = 0;
+	f->len = skb->len;
+	/* Later fragments carry no L4 header; ports cannot be known. */
+	if (ip->frag_off & bpf_htons(0x1fff | 0x2000))
+		return FTH_DROP_FRAGMENTATION_NOT_SUPPORTED;
+
+	__u32 ihl = ip->ihl * 4;
+	if (ihl > 60)
+		return FTH_DROP_INVALID_PACKET;
+	void *l4 = (void *)ip + ihl;
+
+	switch (ip->protocol) {
+	case IPPROTO_TCP: {
+		__u8 *t = l4;
+		if ((void *)(t + 20) > data_end)
+			return FTH_DROP_CT_INVALID_HEADER;
+		f->sport = bpf_ntohs(*(__u16 *)t);
+		f->dport = bpf_ntohs(*(__u16 *)(t + 2));
+		f->tcp_flags = t[13];
+		return 0;
+	}
+	case IPPROTO_UDP: {
+		__u8 *u = l4;
+		if ((void *)(u + 8) > data_end)
+			return FTH_DROP_CT_INVALID_HEADER;
+		f->sport = bpf_ntohs(*(__u16 *)u);
+		f->dport = bpf_ntohs(*(__u16 *)(u + 2));
+		return 0;
+	}
+	case IPPROTO_ICMP: {
+		__u8 *c = l4;
+		if ((void *)(c + 8) > data_end)
+			return FTH_DROP_CT_INVALID_HEADER;
+		__u16 id = bpf_ntohs(*(__u16 *)(c + 4));
+		if (c[0] == 8)          /* echo request */
+			f->sport = id;
+		else if (c[0] == 0)     /* echo reply */
+			f->dport = id;
+		return 0;
+	}
+	default:
+		return FTH_DROP_UNKNOWN_L4_PROTOCOL;
+	}
+}
+
+static __always_inline int in_pod_cidr(__u32 addr)
+{
+	return (addr & fth_pod_cidr_mask) == fth_pod_cidr;
+}
+
+static __always_inline int in_cluster_cidr(__u32 addr)
+{
+	return (addr & fth_cluster_cidr_mask) == fth_cluster_cidr;
+}

@@ -1,0 +1,133 @@
+/* Connection tracking: which flows policy has already allowed.
+ *
+ * One LRU hash per node, keyed by the tuple of the connection's first packet.
+ * A packet whose tuple matches is `established`; one whose reversed tuple
+ * matches is a `reply`; both pass without a policy lookup. Entries keep the TCP
+ * flags seen per direction (a new flag is a trace event), packet and byte counts
+ * and the rule that allowed the flow. `expires` is CLOCK_MONOTONIC seconds; the
+ * agent deletes expired entries (LRU eviction is the backstop).
+ */
+#pragma once
+#include "common.h"
+
+#define FTH_CT_LIFETIME_TCP      21600 /* established TCP, as Cilium */
+#define FTH_CT_LIFETIME_SYN      60
+#define FTH_CT_LIFETIME_CLOSE    10
+#define FTH_CT_LIFETIME_NONTCP   60
+
+#define FTH_CT_NEW         0
+#define FTH_CT_ESTABLISHED 1
+#define FTH_CT_REPLY       2
+
+#define FTH_CT_F_SEEN_REPLY 0x01
+#define FTH_CT_F_CLOSING    0x02
+
+struct ct_key {
+	__u32 saddr;            /* network order, of the connection's initiator */
+	__u32 daddr;
+	__u16 sport;            /* host order */
+	__u16 dport;
+	__u8  proto;
+	__u8  pad[3];
+};
+
+struct ct_entry {
+	__u64 expires;          /* monotonic seconds */
+	__u64 tx_packets;       /* initiator -> responder */
+	__u64 tx_bytes;
+	__u64 rx_packets;       /* replies */
+	__u64 rx_bytes;
+	__u32 rule_ref;         /* rule that allowed the flow (0 = default allow) */
+	__u32 src_identity;     /* identity of the initiator */
+	__u8  tx_flags_seen;
+	__u8  rx_flags_seen;
+	__u8  flags;            /* FTH_CT_F_* */
+	__u8  pad[5];
+};
+
+/* Written by the programs (create, update) and the agent (expire). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(max_entries, 65536);
+} fth_ct4_v1 SEC(".maps");
+
+static __always_inline __u64 ct_now(void)
+{
+	return bpf_ktime_get_ns() / 1000000000ULL;
+}
+
+static __always_inline __u64 ct_lifetime(const struct fth_flow *f, __u8 flags)
+{
+	if (f->proto != IPPROTO_TCP)
+		return FTH_CT_LIFETIME_NONTCP;
+	if (flags & FTH_CT_F_CLOSING)
+		return FTH_CT_LIFETIME_CLOSE;
+	if (f->tcp_flags & FTH_TCP_SYN && !(f->tcp_flags & FTH_TCP_ACK))
+		return FTH_CT_LIFETIME_SYN;
+	return FTH_CT_LIFETIME_TCP;
+}
+
+/* Looks the flow up in both directions and accounts the packet.
+ * *new_flags gets the TCP flags not seen before in this packet's direction, and
+ * *first is set on the first packet of the reply direction. */
+static __always_inline int ct_lookup(const struct fth_flow *f, __u8 *new_flags, int *first,
+				     struct ct_entry **out)
+{
+	struct ct_key k = {
+		.saddr = f->saddr, .daddr = f->daddr,
+		.sport = f->sport, .dport = f->dport, .proto = f->proto,
+	};
+	struct ct_entry *e;
+	int state = FTH_CT_ESTABLISHED;
+
+	*new_flags = 0;
+	*first = 0;
+	e = bpf_map_lookup_elem(&fth_ct4_v1, &k);
+	if (!e) {
+		k.saddr = f->daddr; k.daddr = f->saddr;
+		k.sport = f->dport; k.dport = f->sport;
+		e = bpf_map_lookup_elem(&fth_ct4_v1, &k);
+		if (!e)
+			return FTH_CT_NEW;
+		state = FTH_CT_REPLY;
+	}
+	*out = e;
+	if (f->tcp_flags & (FTH_TCP_FIN | FTH_TCP_RST))
+		e->flags |= FTH_CT_F_CLOSING;
+	if (state == FTH_CT_REPLY) {
+		*first = !(e->flags & FTH_CT_F_SEEN_REPLY);
+		e->flags |= FTH_CT_F_SEEN_REPLY;
+		*new_flags = f->tcp_flags & ~e->rx_flags_seen;
+		e->rx_flags_seen |= f->tcp_flags;
+		__sync_fetch_and_add(&e->rx_packets, 1);
+		__sync_fetch_and_add(&e->rx_bytes, f->len);
+	} else {
+		*new_flags = f->tcp_flags & ~e->tx_flags_seen;
+		e->tx_flags_seen |= f->tcp_flags;
+		__sync_fetch_and_add(&e->tx_packets, 1);
+		__sync_fetch_and_add(&e->tx_bytes, f->len);
+	}
+	e->expires = ct_now() + ct_lifetime(f, e->flags);
+	return state;
+}
+
+static __always_inline int ct_create(const struct fth_flow *f, __u32 src_identity, __u32 rule_ref)
+{
+	struct ct_key k = {
+		.saddr = f->saddr, .daddr = f->daddr,
+		.sport = f->sport, .dport = f->dport, .proto = f->proto,
+	};
+	struct ct_entry e = {
+		.tx_packets = 1,
+		.tx_bytes = f->len,
+		.rule_ref = rule_ref,
+		.src_identity = src_identity,
+		.tx_flags_seen = f->tcp_flags,
+	};
+	e.expires = ct_now() + ct_lifetime(f, 0);
+	if (bpf_map_update_elem(&fth_ct4_v1, &k, &e, BPF_ANY) < 0)
+		return FTH_DROP_CT_CREATE_FAILED;
+	return 0;
+}

@@ -1,0 +1,64 @@
+/* Local endpoints: the pods on this node, keyed by their IPv4 address.
+ *
+ * Written by the agent when a pod's programs are attached; read to find the
+ * source endpoint of a packet from a pod and the destination of a packet to one.
+ * The flags say whether policy is enforced per direction and whether the
+ * endpoint is in lockdown (its policy did not fit: everything is dropped).
+ */
+#pragma once
+#include "common.h"
+
+#define FTH_EP_INGRESS_ENFORCED (1 << 0)
+#define FTH_EP_EGRESS_ENFORCED  (1 << 1)
+#define FTH_EP_LOCKDOWN         (1 << 2)
+
+struct endpoint_key {
+	__u32 addr;             /* network order */
+};
+
+struct endpoint_info {
+	__u32 ep_id;
+	__u32 identity;
+	__u32 ifindex;          /* host-side veth */
+	__u32 flags;            /* FTH_EP_* */
+	__u8  pod_mac[6];
+	__u8  host_mac[6];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_info);
+	__uint(max_entries, 1024);
+} fth_ep4_v1 SEC(".maps");
+
+static __always_inline struct endpoint_info *endpoint_lookup(__u32 addr)
+{
+	struct endpoint_key k = { .addr = addr };
+	return bpf_map_lookup_elem(&fth_ep4_v1, &k);
+}
+
+/* Delivers to a local pod: MACs rewritten as the host veth would, TTL
+ * decremented as a router would, then straight into the pod's namespace. */
+static __always_inline int endpoint_deliver(struct __sk_buff *skb, const struct endpoint_info *ep)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+
+	if ((void *)(ip + 1) > data_end)
+		return -FTH_DROP_INVALID_PACKET;
+	if (ip->ttl <= 1)
+		return -FTH_DROP_TTL_EXCEEDED;
+	__builtin_memcpy(eth->h_dest, ep->pod_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, ep->host_mac, ETH_ALEN);
+
+	__u16 *ttl_word = (__u16 *)&ip->ttl;
+	__u16 old = *ttl_word;
+	ip->ttl--;
+	__u16 new = *ttl_word;
+	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 2) < 0)
+		return -FTH_DROP_ERROR_WRITING_TO_PACKET;
+	return bpf_redirect_peer(ep->ifindex, 0);
+}

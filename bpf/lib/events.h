@@ -1,0 +1,144 @@
+/* Events and counters: what the datapath tells the agent.
+ *
+ * Trace events for the first packet of each direction of a connection and for
+ * TCP flags new to a direction (Cilium's medium monitor aggregation), a drop
+ * event for every drop. Events go to one ring buffer without waking the reader
+ * (BPF_RB_NO_WAKEUP); the agent drains it on a timer (<= 100 ms). Per-CPU
+ * counters by (reason, direction) count every packet: reason 0 = forwarded.
+ */
+#pragma once
+#include "common.h"
+
+#define FTH_EVENT_DROP  1
+#define FTH_EVENT_TRACE 2
+
+/* Where the event was seen. */
+#define FTH_OBS_FROM_CONTAINER 1
+#define FTH_OBS_TO_CONTAINER   2
+#define FTH_OBS_FROM_NETDEV    3
+
+/* Trace reasons (for FTH_EVENT_TRACE). */
+#define FTH_TRACE_NEW         1
+#define FTH_TRACE_ESTABLISHED 2
+#define FTH_TRACE_REPLY       3
+
+struct fth_event {
+	__u8  type;             /* FTH_EVENT_* */
+	__u8  reason;           /* drop reason, or FTH_TRACE_* */
+	__u8  obs_point;        /* FTH_OBS_* */
+	__u8  direction;        /* FTH_DIR_* of the check that decided (drops), or of the program */
+	__u32 ifindex;          /* interface the program runs on */
+	__u64 ktime_ns;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 saddr;            /* network order */
+	__u32 daddr;
+	__u16 sport;            /* host order */
+	__u16 dport;
+	__u8  proto;
+	__u8  tcp_flags;
+	__u16 verdict;          /* TC_ACT_* returned */
+	__u32 endpoint_id;      /* local endpoint concerned, 0 = none */
+	__u32 rule_ref;
+	__u32 pkt_len;
+	__u32 pad;
+};
+
+/* Written by the programs; drained by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} fth_events_v1 SEC(".maps");
+
+struct metrics_key {
+	__u8  reason;           /* 0 forwarded, else drop reason */
+	__u8  direction;        /* FTH_DIR_* */
+	__u16 pad;
+};
+
+struct metrics_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* Written by the programs; read (summed over CPUs) by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, struct metrics_key);
+	__type(value, struct metrics_value);
+	__uint(max_entries, 1024);
+} fth_metrics_v1 SEC(".maps");
+
+static __always_inline void metrics_count(__u8 reason, __u8 dir, __u32 len)
+{
+	struct metrics_key k = { .reason = reason, .direction = dir };
+	struct metrics_value *v = bpf_map_lookup_elem(&fth_metrics_v1, &k);
+
+	if (!v) {
+		struct metrics_value zero = {};
+		bpf_map_update_elem(&fth_metrics_v1, &k, &zero, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&fth_metrics_v1, &k);
+		if (!v)
+			return;
+	}
+	v->packets += 1;
+	v->bytes += len;
+}
+
+/* What a program knows about a packet when it reports it. */
+struct fth_ctx {
+	struct fth_flow flow;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 endpoint_id;
+	__u32 rule_ref;
+	__u8  obs_point;
+	__u8  direction;
+};
+
+static __always_inline void emit_event(struct __sk_buff *skb, const struct fth_ctx *c,
+				       __u8 type, __u8 reason, __u16 verdict)
+{
+	struct fth_event *e = bpf_ringbuf_reserve(&fth_events_v1, sizeof(*e), 0);
+
+	if (!e)
+		return;
+	e->type = type;
+	e->reason = reason;
+	e->obs_point = c->obs_point;
+	e->direction = c->direction;
+	e->ifindex = skb->ifindex;
+	e->ktime_ns = bpf_ktime_get_ns();
+	e->src_identity = c->src_identity;
+	e->dst_identity = c->dst_identity;
+	e->saddr = c->flow.saddr;
+	e->daddr = c->flow.daddr;
+	e->sport = c->flow.sport;
+	e->dport = c->flow.dport;
+	e->proto = c->flow.proto;
+	e->tcp_flags = c->flow.tcp_flags;
+	e->verdict = verdict;
+	e->endpoint_id = c->endpoint_id;
+	e->rule_ref = c->rule_ref;
+	e->pkt_len = skb->len;
+	e->pad = 0;
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+}
+
+/* Drops the packet: counter, drop event, TC_ACT_SHOT. */
+static __always_inline int drop(struct __sk_buff *skb, struct fth_ctx *c, __u8 reason, __u8 dir)
+{
+	c->direction = dir;
+	metrics_count(reason, dir, skb->len);
+	emit_event(skb, c, FTH_EVENT_DROP, reason, TC_ACT_SHOT);
+	return TC_ACT_SHOT;
+}
+
+/* Forwards the packet: counter, and a trace event when the caller asks for one. */
+static __always_inline int forward(struct __sk_buff *skb, struct fth_ctx *c, __u8 trace, int verdict)
+{
+	metrics_count(0, c->direction, skb->len);
+	if (trace)
+		emit_event(skb, c, FTH_EVENT_TRACE, trace, (__u16)verdict);
+	return verdict;
+}

@@ -1,0 +1,60 @@
+/* Ingress to a local endpoint: the decision from-netdev and to-container share.
+ *
+ * A packet for a pod on this node passes when its connection is tracked (reply
+ * or established), else when the pod's ingress policy allows the source identity
+ * (traffic from the node itself, identity host, is always allowed); then a
+ * conntrack entry is created. Returns 0 to go on, or a drop reason (the caller's
+ * ctx carries the direction of the failed check).
+ */
+#pragma once
+#include "common.h"
+#include "endpoints.h"
+#include "policy.h"
+#include "conntrack.h"
+#include "events.h"
+
+/* Tracks the flow; on a new one runs the given policy checks and creates the
+ * entry. *trace gets the trace reason to report (0 = none). */
+static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoint_info *src_ep,
+					 const struct endpoint_info *dst_ep, __u8 *trace)
+{
+	struct ct_entry *e = 0;
+	__u8 new_flags;
+	int first, ret;
+	int state = ct_lookup(&c->flow, &new_flags, &first, &e);
+
+	*trace = 0;
+	if (state == FTH_CT_REPLY) {
+		if (first || new_flags)
+			*trace = FTH_TRACE_REPLY;
+		return 0;
+	}
+	if (state == FTH_CT_ESTABLISHED) {
+		if (new_flags)
+			*trace = FTH_TRACE_ESTABLISHED;
+		return 0;
+	}
+	if (src_ep) {
+		ret = policy_check(src_ep, c->dst_identity, FTH_DIR_EGRESS, &c->flow, &c->rule_ref);
+		if (ret) {
+			c->direction = FTH_DIR_EGRESS;
+			return ret;
+		}
+	}
+	if (dst_ep && c->src_identity != FTH_ID_HOST) {
+		__u32 rule = 0;
+		ret = policy_check(dst_ep, c->src_identity, FTH_DIR_INGRESS, &c->flow, &rule);
+		if (rule)
+			c->rule_ref = rule;
+		if (ret) {
+			c->direction = FTH_DIR_INGRESS;
+			c->endpoint_id = dst_ep->ep_id;
+			return ret;
+		}
+	}
+	ret = ct_create(&c->flow, c->src_identity, c->rule_ref);
+	if (ret)
+		return ret;
+	*trace = FTH_TRACE_NEW;
+	return 0;
+}

@@ -1,0 +1,43 @@
+/* IP cache: which security identity an address has, and which node hosts it.
+ *
+ * Longest-prefix match over IPv4 prefixes. The agent writes one /32 per endpoint
+ * in the cluster (tunnel endpoint = the hosting node's underlay address, 0 when
+ * local), node addresses (host / remote-node) and CIDR identities from policies.
+ * An address with no entry is `world`, or `unmanaged` inside the cluster CIDR
+ * (an address there that no endpoint owns is not world).
+ */
+#pragma once
+#include "common.h"
+
+struct ipcache_key {
+	__u32 prefixlen;        /* 0..32 */
+	__u32 addr;             /* network order */
+};
+
+struct ipcache_info {
+	__u32 identity;
+	__u32 tunnel_endpoint;  /* network order; 0 = on this node */
+};
+
+/* Written by the agent; read by every program. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_info);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} fth_ipc4_v1 SEC(".maps");
+
+static __always_inline __u32 ipcache_identity(__u32 addr)
+{
+	struct ipcache_key k = { .prefixlen = 32, .addr = addr };
+	struct ipcache_info *v = bpf_map_lookup_elem(&fth_ipc4_v1, &k);
+
+	if (v)
+		return v->identity;
+	if (addr == fth_node_ip || addr == fth_router_ip)
+		return FTH_ID_HOST;
+	if (in_cluster_cidr(addr))
+		return FTH_ID_UNMANAGED;
+	return FTH_ID_WORLD;
+}
