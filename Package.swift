@@ -57,6 +57,7 @@ let package = Package(
         // ---- Control plane -------------------------------------------------------------
         .target(name: "Model", swiftSettings: swift6),
         .target(name: "IPAM", dependencies: ["Model"], swiftSettings: swift6),
+        .target(name: "Identity", dependencies: ["Model", "ClusterStore", .product(name: "Logging", package: "swift-log")], swiftSettings: swift6),
         .target(
             name: "AgentAPI",
             dependencies: [
@@ -68,7 +69,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "Model", "IPAM", "AgentAPI", "ClusterStore", "Netlink",
+                "Model", "IPAM", "AgentAPI", "ClusterStore", "Netlink", "Identity", "Datapath",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swift6),
@@ -101,6 +102,7 @@ let package = Package(
 
         // ---- Tests ---------------------------------------------------------------------
         .testTarget(name: "IPAMTests", dependencies: ["IPAM"], swiftSettings: swift6),
+        .testTarget(name: "IdentityTests", dependencies: ["Identity", "ClusterStore", "Model"], swiftSettings: swift6),
         .testTarget(name: "CNITests", dependencies: ["CNI", "AgentAPI"], swiftSettings: swift6),
         .testTarget(name: "ModelTests", dependencies: ["Model", "CLI"], swiftSettings: swift6),
         .testTarget(name: "ClusterStoreTests", dependencies: ["ClusterStore", "TestSupport"], swiftSettings: swift6),

@@ -11,7 +11,7 @@ extension Agent {
             case .status: return .status(status())
             case .syncRevision: return .ok(revision: try await store.list(prefix: StoreKeys.root + "sync/").revision)
             case .endpointCreate(let c): return .endpoint(try await createEndpoint(c))
-            case .endpointActivate(let ref): return .endpoint(try activateEndpoint(ref))
+            case .endpointActivate(let ref): return .endpoint(try await activateEndpoint(ref))
             case .endpointDelete(let ref): return .ok(revision: try await deleteEndpoint(ref))
             case .endpointCheck(let ref): return .check(try checkEndpoint(ref))
             case .endpointGC(let keep): return .ok(revision: try await collectEndpoints(keeping: Set(keep)))
@@ -31,6 +31,11 @@ extension Agent {
                 return .ok(revision: try await putJSON(StoreKeys.node(node), n))
             case .namespaceApply(let ns): return .ok(revision: try await putJSON(StoreKeys.namespace(ns.name), ns))
             case .namespaceDelete(let name): return .ok(revision: try await store.delete(StoreKeys.namespace(name)))
+            case .endpointPolicy(let id, let policy):
+                try setEndpointPolicy(id, policy)
+                return .ok(revision: appliedRevision)
+            case .bpfDump(let kind, let id): return .table(try dump(kind, endpointID: id))
+            case .events(let after, let limit): return .events(events(after: after, limit: limit))
             case .list(let kind):
                 switch kind {
                 case .pods: return .pods(pods.values.sorted { $0.key < $1.key })
@@ -120,14 +125,17 @@ extension Agent {
         try? persist()
     }
 
-    func activateEndpoint(_ ref: EndpointRef) throws -> EndpointInfo {
+    /// Identity, ipcache, policy and programs first; only then does the host veth come
+    /// up and get its route: a pod never has connectivity its policy would not allow.
+    func activateEndpoint(_ ref: EndpointRef) async throws -> EndpointInfo {
         guard let i = state.endpoints.firstIndex(where: { $0.ref == ref }) else {
             throw APIFailure(.notFound, "no endpoint for container \(ref.containerID) interface \(ref.ifName)")
         }
-        let ep = state.endpoints[i]
-        guard let link = try netlink.link(named: ep.hostIfName) else {
-            throw APIFailure(.invalid, "host interface \(ep.hostIfName) does not exist; create the veth first")
+        guard let link = try netlink.link(named: state.endpoints[i].hostIfName) else {
+            throw APIFailure(.invalid, "host interface \(state.endpoints[i].hostIfName) does not exist; create the veth first")
         }
+        try await prepareDatapath(for: i)
+        let ep = state.endpoints[i]
         try netlink.setUp(ep.hostIfName)
         try installPodRoute(ep.ip, linkIndex: link.index)
         state.endpoints[i].ready = true
@@ -144,7 +152,9 @@ extension Agent {
         guard let ep = state.endpoints.first(where: { $0.ref == ref }) else {
             throw APIFailure(.notFound, "no endpoint for container \(ref.containerID) interface \(ref.ifName)")
         }
-        // The link first (its route goes with it), then the address, then the record.
+        // Programs and map entries, the link (its route goes with it), the address, the record.
+        let hostIndex = try netlink.link(named: ep.hostIfName)?.index
+        await releaseDatapath(for: ep, hostIfindex: hostIndex)
         _ = try netlink.deleteLinkIfExists(ep.hostIfName)
         forget(ep)
         var revision = appliedRevision

@@ -5,6 +5,8 @@ import IPAM
 import AgentAPI
 import ClusterStore
 import Netlink
+import Identity
+import Datapath
 
 public struct AgentConfig: Sendable {
     public var nodeName: String
@@ -20,6 +22,9 @@ public struct AgentConfig: Sendable {
     public var nodeGracePeriod: Double = 600
     /// Released pod addresses wait this long before reuse (unless nothing else is free).
     public var addressReuseDelay: Double = 60
+    /// bpffs folder of the node's pinned maps and links; nil runs without a datapath
+    /// (unit tests of the control plane).
+    public var pinDirectory: String?
 
     public init(nodeName: String, nodeAddress: IPv4Address, preferredCIDRIndex: Int?, stateDirectory: String,
                 socketPath: String, etcdEndpoint: String) {
@@ -57,6 +62,13 @@ public actor Agent {
     var installedRoutes: Set<IPv4Prefix> = []
     var missingSince: [String: Double] = [:]
     var health: [String: String] = ["store": "connecting", "routes": "pending"]
+    var datapath: NodeDatapath?
+    let identities: IdentityAllocator
+    var ipcacheRecords: [IPv4Address: IPCacheRecord] = [:]
+    var identityLabelsByNumber: [UInt32: LabelSet] = [:]
+    var endpointLabels: [UInt32: LabelSet] = [:]
+    var recentEvents: [MonitorEvent] = []
+    var eventSequence: UInt64 = 0
 
     public init(config: AgentConfig, store: any KVStore, logger: Logger) throws {
         self.config = config
@@ -65,6 +77,7 @@ public actor Agent {
         self.netlink = try RouteSocket()
         self.stateFile = StateFile(path: config.stateDirectory + "/state.json")
         self.state = try stateFile.load()
+        self.identities = IdentityAllocator(store: store, node: config.nodeName, logger: logger)
     }
 
     static func now() -> Double { Date().timeIntervalSince1970 }
@@ -83,7 +96,9 @@ public actor Agent {
         try await registerNode(cidr)
         health["store"] = "ok"
         try setUpHostDevice(router: cidr.address(at: 1))
+        if datapath == nil { try startDatapath(podCIDR: cidr) }
         restoreEndpoints()
+        try await restoreDatapath()
         log.info("agent ready to serve", metadata: ["node": "\(config.nodeName)", "pod.cidr": "\(cidr)",
                                                      "endpoints": "\(state.endpoints.count)"])
     }
@@ -169,6 +184,7 @@ public actor Agent {
             do {
                 for try await update in store.watch(prefix: StoreKeys.root) {
                     apply(update)
+                    await reconcileIdentities()
                     backoff = 100_000_000
                 }
             } catch {
@@ -183,7 +199,7 @@ public actor Agent {
     func apply(_ update: WatchUpdate) {
         switch update {
         case .snapshot(let items, let revision):
-            nodes = [:]; alive = []; pods = [:]; namespaces = [:]
+            nodes = [:]; alive = []; pods = [:]; namespaces = [:]; ipcacheRecords = [:]; identityLabelsByNumber = [:]
             for kv in items { applyPut(kv) }
             appliedRevision = revision
             snapshotApplied = true
@@ -198,6 +214,7 @@ public actor Agent {
         }
         health["store"] = "ok"
         reconcileRoutes()
+        reconcileIPCache()
     }
 
     func applyPut(_ kv: KeyValue) {
@@ -211,6 +228,10 @@ public actor Agent {
             if let p = try? dec.decode(PodRecord.self, from: data) { pods[p.key] = p }
         } else if kv.key.hasPrefix(StoreKeys.namespaces) {
             if let n = try? dec.decode(NamespaceRecord.self, from: data) { namespaces[n.name] = n }
+        } else if kv.key.hasPrefix(StoreKeys.ipcache) {
+            if let r = try? dec.decode(IPCacheRecord.self, from: data) { ipcacheRecords[r.ip] = r }
+        } else if IdentityKeys.isIdentityKey(kv.key) {
+            if let r = try? IdentityRecord.decode(key: kv.key, value: kv.value) { identityLabelsByNumber[r.number] = r.labels }
         }
     }
 
@@ -223,6 +244,10 @@ public actor Agent {
             pods[String(key.dropFirst(StoreKeys.pods.count))] = nil
         } else if key.hasPrefix(StoreKeys.namespaces) {
             namespaces[String(key.dropFirst(StoreKeys.namespaces.count))] = nil
+        } else if key.hasPrefix(StoreKeys.ipcache) {
+            if let ip = IPv4Address(key.dropFirst(StoreKeys.ipcache.count)) { ipcacheRecords[ip] = nil }
+        } else if let n = IdentityKeys.number(inIdentityKey: key) {
+            identityLabelsByNumber[n] = nil
         }
     }
 

@@ -10,6 +10,8 @@ struct LocalState: Codable, Sendable {
     var pool: PodAddressPool?
     var endpoints: [EndpointInfo] = []
     var nextEndpointID: UInt32 = 1
+    /// Each endpoint's resolved policy, by endpoint id.
+    var policies: [UInt32: EndpointPolicy] = [:]
 }
 
 /// Reads and atomically rewrites the state file.

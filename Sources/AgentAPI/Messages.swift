@@ -25,6 +25,11 @@ public enum AgentRequest: Codable, Sendable {
     case namespaceApply(NamespaceRecord)
     case namespaceDelete(name: String)
     case list(kind: ListKind)
+    /// Sets an endpoint's resolved policy (the whole desired state; only differences are written).
+    case endpointPolicy(endpointID: UInt32, policy: EndpointPolicy)
+    case bpfDump(kind: BPFDumpKind, endpointID: UInt32?)
+    /// Datapath events with a sequence number above `after`, oldest first.
+    case events(after: UInt64, limit: Int)
 }
 
 public enum ListKind: String, Codable, Sendable {
@@ -73,6 +78,8 @@ public struct LabelChanges: Codable, Sendable, Equatable {
 
 public struct EndpointInfo: Codable, Sendable, Equatable {
     public var id: UInt32
+    /// The security identity of the pod's labels (0 until activated).
+    public var identity: UInt32 = 0
     public var ref: EndpointRef
     public var podNamespace: String
     public var podName: String
@@ -157,6 +164,8 @@ public enum AgentReply: Codable, Sendable {
     case pods([PodRecord])
     case nodes([NodeRecord])
     case namespaces([NamespaceRecord])
+    case table(Table)
+    case events([MonitorEvent])
     case failure(APIFailure)
 }
 
@@ -176,4 +185,109 @@ public struct APIFailure: Codable, Sendable, Error, CustomStringConvertible, Equ
         self.message = message
     }
     public var description: String { message }
+}
+
+// MARK: datapath
+
+/// One resolved policy rule of an endpoint, as the policy engine (or a test) hands it to
+/// the agent: remote identity (0 = any), direction, protocol (0 = any) and an inclusive
+/// port range (nil = any port). The agent expands ranges into power-of-two blocks, works
+/// out nothing else: deny precedence is the caller's, already resolved.
+public struct PolicyRule: Codable, Sendable, Hashable {
+    public enum Direction: String, Codable, Sendable { case ingress, egress }
+    public enum Verdict: String, Codable, Sendable { case allow, deny }
+    public var remoteIdentity: UInt32
+    public var direction: Direction
+    public var proto: UInt8
+    public var fromPort: UInt16?
+    public var toPort: UInt16?
+    public var verdict: Verdict
+    /// Names the policy rule that produced the entry; flows and explain report it.
+    public var ruleRef: UInt32
+
+    public init(remoteIdentity: UInt32, direction: Direction, proto: UInt8 = 0, fromPort: UInt16? = nil,
+                toPort: UInt16? = nil, verdict: Verdict, ruleRef: UInt32 = 0) {
+        self.remoteIdentity = remoteIdentity
+        self.direction = direction
+        self.proto = proto
+        self.fromPort = fromPort
+        self.toPort = toPort
+        self.verdict = verdict
+        self.ruleRef = ruleRef
+    }
+}
+
+/// The whole desired policy of one endpoint; the agent writes only what changed.
+public struct EndpointPolicy: Codable, Sendable, Equatable {
+    public var enforceIngress: Bool
+    public var enforceEgress: Bool
+    public var rules: [PolicyRule]
+
+    public init(enforceIngress: Bool, enforceEgress: Bool, rules: [PolicyRule]) {
+        self.enforceIngress = enforceIngress
+        self.enforceEgress = enforceEgress
+        self.rules = rules
+    }
+
+    public static let unenforced = EndpointPolicy(enforceIngress: false, enforceEgress: false, rules: [])
+}
+
+public enum BPFDumpKind: String, Codable, Sendable, CaseIterable {
+    case ipcache, endpoints, policy, ct, nat, counters, maps
+}
+
+/// A dump rendered as a table; the CLI prints it as text or JSON.
+public struct Table: Codable, Sendable, Equatable {
+    public var header: [String]
+    public var rows: [[String]]
+    public init(header: [String], rows: [[String]]) {
+        self.header = header
+        self.rows = rows
+    }
+}
+
+/// A drop or trace event of the datapath, as `fathom monitor` shows it.
+public struct MonitorEvent: Codable, Sendable, Equatable {
+    public var sequence: UInt64
+    public var time: Double
+    public var kind: String               // "drop" | "trace"
+    public var reason: Int                // drop reason number (Hubble's) or trace reason
+    public var reasonText: String
+    public var observationPoint: String
+    public var direction: String
+    public var source: IPv4Address
+    public var destination: IPv4Address
+    public var sourcePort: UInt16
+    public var destinationPort: UInt16
+    public var proto: UInt8
+    public var tcpFlags: UInt8
+    public var sourceIdentity: UInt32
+    public var destinationIdentity: UInt32
+    public var endpointID: UInt32
+    public var ruleRef: UInt32
+    public var ifindex: UInt32
+
+    public init(sequence: UInt64, time: Double, kind: String, reason: Int, reasonText: String, observationPoint: String,
+                direction: String, source: IPv4Address, destination: IPv4Address, sourcePort: UInt16,
+                destinationPort: UInt16, proto: UInt8, tcpFlags: UInt8, sourceIdentity: UInt32,
+                destinationIdentity: UInt32, endpointID: UInt32, ruleRef: UInt32, ifindex: UInt32) {
+        self.sequence = sequence
+        self.time = time
+        self.kind = kind
+        self.reason = reason
+        self.reasonText = reasonText
+        self.observationPoint = observationPoint
+        self.direction = direction
+        self.source = source
+        self.destination = destination
+        self.sourcePort = sourcePort
+        self.destinationPort = destinationPort
+        self.proto = proto
+        self.tcpFlags = tcpFlags
+        self.sourceIdentity = sourceIdentity
+        self.destinationIdentity = destinationIdentity
+        self.endpointID = endpointID
+        self.ruleRef = ruleRef
+        self.ifindex = ifindex
+    }
 }

@@ -11,7 +11,7 @@ public struct Fathom: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "fathom",
         abstract: "Kubernetes networking, security and observability on eBPF.",
-        subcommands: [Status.self, Apply.self, Delete.self, Get.self, LabCommand.self])
+        subcommands: [Status.self, Apply.self, Delete.self, Get.self, BPF.self, Monitor.self, LabCommand.self])
 
     public init() {}
 
@@ -65,7 +65,7 @@ struct Status: ParsableCommand {
         print("Health:     " + s.health.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ", "))
         print("Endpoints:  \(s.endpoints.count)")
         for e in s.endpoints.sorted(by: { $0.id < $1.id }) {
-            print("  \(e.id)\t\(e.podNamespace)/\(e.podName)\t\(e.ip)\t\(e.hostIfName)\t\(e.ready ? "ready" : "not ready")")
+            print("  \(e.id)\t\(e.podNamespace)/\(e.podName)\t\(e.ip)\tidentity \(e.identity)\t\(e.hostIfName)\t\(e.ready ? "ready" : "not ready")")
         }
         print("Nodes:      \(s.nodes.count) other")
         for n in s.nodes {

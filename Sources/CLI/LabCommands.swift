@@ -198,12 +198,7 @@ struct LabCommand: ParsableCommand {
         func validate() throws { guard !command.isEmpty else { throw ValidationError("give the command after --") } }
         func run() throws {
             let netns = try labOptions.open().netnsPath(of: target)
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
-            p.arguments = ["--net=\(netns)", "--"] + command
-            try p.run()
-            p.waitUntilExit()
-            throw ExitCode(p.terminationStatus)
+            throw ExitCode(try Processes.runInteractive(netns: netns, command))
         }
     }
 

@@ -28,6 +28,7 @@ public enum Processes {
         posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         posix_spawn_file_actions_adddup2(&fa, 1, 2)
+        closeInheritedDescriptors(&fa)
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }
@@ -38,14 +39,7 @@ public enum Processes {
         var all = sigset_t()
         sigfillset(&all)
         posix_spawnattr_setsigdefault(&attr, &all)
-        let env = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
-        var pid: pid_t = 0
-        let cargs = full.map { strdup($0) } + [nil]
-        let cenv = env.map { strdup($0) } + [nil]
-        defer { cargs.forEach { free($0) }; cenv.forEach { free($0) } }
-        let rc = posix_spawn(&pid, full[0], &fa, &attr, cargs, cenv)
-        guard rc == 0 else { throw LabError("start \(argv.joined(separator: " ")): \(String(cString: strerror(rc)))") }
-        return pid
+        return try spawn(full, fileActions: &fa, attributes: &attr, environment: environment)
     }
 
     public struct Output: Sendable {
@@ -55,33 +49,96 @@ public enum Processes {
     }
 
     /// Runs `argv` (optionally inside a namespace) to completion with `input` on stdin.
+    /// Its own spawn and wait, not Foundation's Process: that one waits for a socket its
+    /// child inherits, which long-lived grandchildren (agents, etcd) would hold forever.
     public static func run(netns: String? = nil, _ argv: [String], environment: [String: String]? = nil,
                            input: String? = nil) throws -> Output {
-        let p = Process()
         let full = (netns.map { ["/usr/bin/nsenter", "--net=\($0)", "--"] } ?? []) + argv
-        p.executableURL = URL(fileURLWithPath: full[0])
-        p.arguments = Array(full.dropFirst())
-        if let environment { p.environment = environment }
-        let out = Pipe(), err = Pipe(), inp = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        p.standardInput = inp
-        try p.run()
-        if let input { inp.fileHandleForWriting.write(Data(input.utf8)) }
-        try? inp.fileHandleForWriting.close()
-        // Read both pipes to the end before waiting, so a chatty child never blocks.
-        let group = DispatchGroup()
-        nonisolated(unsafe) var errData = Data()
-        group.enter()
-        DispatchQueue.global().async {
-            errData = err.fileHandleForReading.readDataToEndOfFile()
-            group.leave()
+        var inPipe: [Int32] = [0, 0], outPipe: [Int32] = [0, 0], errPipe: [Int32] = [0, 0]
+        guard pipe(&inPipe) == 0, pipe(&outPipe) == 0, pipe(&errPipe) == 0 else {
+            throw LabError("pipe: \(String(cString: strerror(errno)))")
         }
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        group.wait()
-        p.waitUntilExit()
-        return Output(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                      stderr: String(decoding: errData, as: UTF8.self))
+        for fd in inPipe + outPipe + errPipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        var fa = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&fa)
+        defer { posix_spawn_file_actions_destroy(&fa) }
+        posix_spawn_file_actions_adddup2(&fa, inPipe[0], 0)
+        posix_spawn_file_actions_adddup2(&fa, outPipe[1], 1)
+        posix_spawn_file_actions_adddup2(&fa, errPipe[1], 2)
+        closeInheritedDescriptors(&fa, keeping: Set(inPipe + outPipe + errPipe))
+        let pid: pid_t
+        do {
+            pid = try spawn(full, fileActions: &fa, attributes: nil, environment: environment)
+        } catch {
+            for fd in inPipe + outPipe + errPipe { close(fd) }
+            throw error
+        }
+        close(inPipe[0]); close(outPipe[1]); close(errPipe[1])
+        if let input {
+            let bytes = Array(input.utf8)
+            var off = 0
+            while off < bytes.count {
+                let n = bytes[off...].withUnsafeBytes { write(inPipe[1], $0.baseAddress, $0.count) }
+                if n <= 0 { if errno == EINTR { continue }; break }
+                off += n
+            }
+        }
+        close(inPipe[1])
+        // Both pipes drained together, so a chatty child never blocks.
+        var out = [UInt8](), err = [UInt8]()
+        var open: [(Int32, Bool)] = [(outPipe[0], true), (errPipe[0], true)]
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while open.contains(where: { $0.1 }) {
+            var fds = open.filter(\.1).map { pollfd(fd: $0.0, events: Int16(POLLIN), revents: 0) }
+            if poll(&fds, nfds_t(fds.count), -1) < 0 { if errno == EINTR { continue }; break }
+            for p in fds where p.revents != 0 {
+                let n = read(p.fd, &buf, buf.count)
+                if n > 0 {
+                    if p.fd == outPipe[0] { out += buf[0..<n] } else { err += buf[0..<n] }
+                } else if n == 0 || errno != EINTR {
+                    if let i = open.firstIndex(where: { $0.0 == p.fd }) { open[i].1 = false }
+                }
+            }
+        }
+        close(outPipe[0]); close(errPipe[0])
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return Output(status: code, stdout: String(decoding: out, as: UTF8.self), stderr: String(decoding: err, as: UTF8.self))
+    }
+
+    /// Runs `argv` with this process's stdin, stdout and stderr; returns its exit status.
+    public static func runInteractive(netns: String?, _ argv: [String]) throws -> Int32 {
+        let full = (netns.map { ["/usr/bin/nsenter", "--net=\($0)", "--"] } ?? []) + argv
+        var fa = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&fa)
+        defer { posix_spawn_file_actions_destroy(&fa) }
+        closeInheritedDescriptors(&fa)
+        let pid = try spawn(full, fileActions: &fa, attributes: nil, environment: nil)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    }
+
+    static func spawn(_ argv: [String], fileActions fa: inout posix_spawn_file_actions_t,
+                      attributes: UnsafePointer<posix_spawnattr_t>?, environment: [String: String]?) throws -> pid_t {
+        let env = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
+        var pid: pid_t = 0
+        let cargs = argv.map { strdup($0) } + [nil]
+        let cenv = env.map { strdup($0) } + [nil]
+        defer { cargs.forEach { free($0) }; cenv.forEach { free($0) } }
+        let rc = posix_spawn(&pid, argv[0], &fa, attributes, cargs, cenv)
+        guard rc == 0 else { throw LabError("start \(argv.joined(separator: " ")): \(String(cString: strerror(rc)))") }
+        return pid
+    }
+
+    /// Closes, in the child, every descriptor this process holds beyond 0-2: a daemon
+    /// must not keep the CLI's pipes, sockets or netlink handles alive.
+    static func closeInheritedDescriptors(_ fa: inout posix_spawn_file_actions_t, keeping: Set<Int32> = []) {
+        let fds = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).compactMap { Int32($0) }
+        for fd in fds where fd > 2 && !keeping.contains(fd) && fcntl(fd, F_GETFD) >= 0 {
+            posix_spawn_file_actions_addclose(&fa, fd)
+        }
     }
 
     public static func isAlive(_ pid: Int32) -> Bool {

@@ -95,3 +95,25 @@ public enum StoreKeys {
     public static func pod(_ namespace: String, _ name: String) -> String { pods + "\(namespace)/\(name)" }
     public static func namespace(_ name: String) -> String { namespaces + name }
 }
+
+/// Where a pod address lives and which security identity it carries. Each agent writes
+/// the records of its own endpoints; every agent turns all of them into its ipcache, so a
+/// packet from a pod on another node is known by its identity.
+public struct IPCacheRecord: Codable, Sendable, Equatable {
+    public var ip: IPv4Address
+    public var identity: UInt32
+    public var node: String
+    public var nodeAddress: IPv4Address
+
+    public init(ip: IPv4Address, identity: UInt32, node: String, nodeAddress: IPv4Address) {
+        self.ip = ip
+        self.identity = identity
+        self.node = node
+        self.nodeAddress = nodeAddress
+    }
+}
+
+extension StoreKeys {
+    public static let ipcache = "/fathom/ipcache/"
+    public static func ipcache(_ ip: IPv4Address) -> String { ipcache + ip.description }
+}

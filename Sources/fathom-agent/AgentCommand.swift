@@ -19,6 +19,7 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Uplink interface.") var uplink = "eth0"
     @Option(help: "Name of the lab this agent belongs to, if any (for logs).") var lab: String?
     @Option(help: "bpffs folder for this node's pinned maps and links.") var pinDir = "/sys/fs/bpf/fathom/node"
+    @Flag(help: "Run the control plane without loading the eBPF datapath (kernel routing only).") var noDatapath = false
 
     func validate() throws {
         guard IPv4Address(nodeIP) != nil else { throw ValidationError("--node-ip '\(nodeIP)' is not an IPv4 address") }
@@ -32,6 +33,7 @@ struct AgentCommand: AsyncParsableCommand {
         var config = AgentConfig(nodeName: node, nodeAddress: IPv4Address(nodeIP)!, preferredCIDRIndex: podCIDRIndex,
                                  stateDirectory: stateDir, socketPath: socket, etcdEndpoint: etcd)
         config.uplink = uplink
+        config.pinDirectory = noDatapath ? nil : pinDir
         let store = try EtcdStore(endpoint: etcd, logger: log)
         let agent = try Agent(config: config, store: store, logger: log)
 
@@ -63,6 +65,8 @@ struct AgentCommand: AsyncParsableCommand {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await agent.runWatch() }
             group.addTask { await agent.runHeartbeat() }
+            group.addTask { await agent.runEvents() }
+            group.addTask { await agent.runMaintenance() }
             for await s in signals {
                 log.info("shutting down; programs, routes and endpoints stay", metadata: ["signal": "\(s)"])
                 break

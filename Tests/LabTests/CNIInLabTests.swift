@@ -6,9 +6,10 @@ import AgentAPI
 @testable import LabKit
 @testable import Agent
 
-/// fathom-cni as a runtime calls it, against a live agent in a one-node lab.
-@Suite(.serialized, .enabled(if: LabSupport.canRun, "needs root, /usr/bin/etcd, nsenter and a built fathom"))
-struct CNIInLabTests {
+extension LabTests {
+/// fathom-cni as a runtime calls it, against a live agent in a one-node lab. Nested in
+/// LabTests so that labs come up one at a time.
+@Suite struct CNIInLab {
     func code(_ out: Processes.Output) -> Int? {
         ((try? JSONSerialization.jsonObject(with: Data(out.stdout.utf8))) as? [String: Any])?["code"] as? Int
     }
@@ -90,7 +91,7 @@ struct CNIInLabTests {
         // (after the address was allocated).
         let node = try RouteSocket.inNamespace(path: NetworkNamespace.path(lab.paths.nodeNetns("node1")))
         let host = hostInterfaceName(containerID: "c-fail", ifName: "eth0")
-        try node.addDummy(name: host)
+        try node.addBridge(name: host)   // (this kernel has no dummy driver)
         let inUse = try lab.agent("node1").status().addressesInUse
         let add = try lab.invokeCNI("ADD", node: "node1", containerID: "c-fail", netns: NetworkNamespace.path(ns), namespace: "cni", pod: "f")
         #expect(add.status != 0 && code(add) == 102, "\(add.stdout)")
@@ -127,4 +128,5 @@ struct CNIInLabTests {
         let r = try Prober.probe(fromNetns: NetworkNamespace.path(names[0]), to: ips[1], port: nil, proto: "icmp", timeout: 2)
         #expect(r == .answered)
     }
+}
 }

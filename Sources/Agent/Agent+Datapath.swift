@@ -1,0 +1,313 @@
+import Foundation
+import Model
+import AgentAPI
+import ClusterStore
+import Netlink
+import Identity
+import Datapath
+
+/// The agent as the only writer of its node's BPF maps: endpoints with their identities,
+/// the ipcache of every pod and node in the cluster, each endpoint's resolved policy, and
+/// the events the datapath reports.
+extension Agent {
+    // MARK: start-up
+
+    func startDatapath(podCIDR: IPv4Prefix) throws {
+        guard let pins = config.pinDirectory else { return }
+        let dp = try NodeDatapath(config: DatapathConfig(
+            nodeIP: config.nodeAddress, routerIP: podCIDR.address(at: 1), podCIDR: podCIDR,
+            clusterCIDR: config.clusterCIDR, pinDirectory: pins))
+        guard let uplink = try netlink.link(named: config.uplink) else {
+            throw AgentError("uplink \(config.uplink) is missing in the node's namespace")
+        }
+        try dp.attachUplink(ifindex: uplink.index)
+        datapath = dp
+        health["datapath"] = "ok"
+    }
+
+    /// After a restart: this node's identity references as its endpoints hold them, and
+    /// every endpoint's programs replaced by the ones this agent loaded (bpf_link_update:
+    /// no moment without a program).
+    func restoreDatapath() async throws {
+        var refs: [UInt32: Int] = [:]
+        for ep in state.endpoints where ep.identity != 0 { refs[ep.identity, default: 0] += 1 }
+        try await identities.restore(refs)
+        guard let datapath else { return }
+        for ep in state.endpoints where ep.ready {
+            guard let entry = try? endpointEntry(ep) else { continue }
+            try datapath.attachEndpoint(entry)
+        }
+    }
+
+    // MARK: endpoint identity and entry
+
+    /// The labels a pod's identity is made of, from the pod and namespace records.
+    func identityLabels(for ep: EndpointInfo) async throws -> LabelSet {
+        let key = "\(ep.podNamespace)/\(ep.podName)"
+        var pod = pods[key]
+        if pod == nil { pod = try await getJSON(StoreKeys.pod(ep.podNamespace, ep.podName)) }
+        let record = pod ?? PodRecord(namespace: ep.podNamespace, name: ep.podName)
+        var ns = namespaces[ep.podNamespace]
+        if ns == nil { ns = try await getJSON(StoreKeys.namespace(ep.podNamespace)) }
+        return IdentityLabels.forPod(record, namespace: ns)
+    }
+
+    func endpointEntry(_ ep: EndpointInfo) throws -> EndpointEntry {
+        guard let host = try netlink.link(named: ep.hostIfName) else {
+            throw AgentError("host interface \(ep.hostIfName) is missing")
+        }
+        let podMAC = try RouteSocket.inNamespace(path: ep.netns).link(named: ep.ref.ifName)?.mac ?? []
+        let policy = state.policies[ep.id] ?? .unenforced
+        return EndpointEntry(id: ep.id, ip: ep.ip, identity: ep.identity, hostIfindex: host.index,
+                             podMAC: MACAddress(podMAC), hostMAC: MACAddress(host.mac),
+                             ingressEnforced: policy.enforceIngress, egressEnforced: policy.enforceEgress)
+    }
+
+    /// Gives the endpoint its identity, publishes where it lives, writes its policy and
+    /// attaches its programs: everything the datapath needs before the veth comes up.
+    func prepareDatapath(for index: Int) async throws {
+        var ep = state.endpoints[index]
+        let labels = try await identityLabels(for: ep)
+        let identity = try await identities.acquire(labels)
+        if ep.identity != 0 && ep.identity != identity { try? await identities.release(ep.identity) }
+        ep.identity = identity
+        state.endpoints[index] = ep
+        try persist()
+        endpointLabels[ep.id] = labels
+        _ = try await putJSON(StoreKeys.ipcache(ep.ip),
+                              IPCacheRecord(ip: ep.ip, identity: identity, node: config.nodeName, nodeAddress: config.nodeAddress))
+        guard let datapath else { return }
+        try datapath.upsertIPCache(IPv4Prefix(ep.ip, 32), identity: identity, tunnelEndpoint: nil)
+        try writePolicy(for: ep)
+        try datapath.attachEndpoint(try endpointEntry(ep))
+    }
+
+    func releaseDatapath(for ep: EndpointInfo, hostIfindex: Int32?) async {
+        if let datapath {
+            try? datapath.removeEndpoint(id: ep.id, ip: ep.ip, hostIfindex: hostIfindex ?? 0)
+            try? datapath.deleteIPCache(IPv4Prefix(ep.ip, 32))
+        }
+        state.policies[ep.id] = nil
+        endpointLabels[ep.id] = nil
+        if let kv = try? await store.get(StoreKeys.ipcache(ep.ip)),
+           let rec = try? JSONDecoder().decode(IPCacheRecord.self, from: Data(kv.value)), rec.node == config.nodeName {
+            _ = try? await store.delete(StoreKeys.ipcache(ep.ip))
+        }
+        if ep.identity != 0 { try? await identities.release(ep.identity) }
+    }
+
+    /// Pods whose labels (or namespace labels) changed get the identity that now matches.
+    func reconcileIdentities() async {
+        for (i, ep) in state.endpoints.enumerated() where ep.ready {
+            guard let labels = try? await identityLabels(for: ep), labels != endpointLabels[ep.id] else { continue }
+            do {
+                try await prepareDatapath(for: i)
+                log.info("endpoint identity follows its labels", metadata: ["endpoint.id": "\(ep.id)",
+                                                                            "identity": "\(state.endpoints[i].identity)"])
+            } catch {
+                log.warning("identity update failed", metadata: ["endpoint.id": "\(ep.id)", "error": "\(error)"])
+            }
+        }
+    }
+
+    // MARK: ipcache
+
+    /// Every pod of every node by address, every node address, in this node's ipcache.
+    func reconcileIPCache() {
+        guard let datapath else { return }
+        var desired: [IPv4Prefix: (UInt32, IPv4Address?)] = [:]
+        for n in nodes.values {
+            let mine = n.name == config.nodeName
+            let id = mine ? ReservedIdentity.host.rawValue : ReservedIdentity.remoteNode.rawValue
+            desired[IPv4Prefix(n.address, 32)] = (id, nil)
+            desired[IPv4Prefix(n.routerAddress, 32)] = (id, mine ? nil : n.address)
+        }
+        for r in ipcacheRecords.values {
+            desired[IPv4Prefix(r.ip, 32)] = (r.identity, r.node == config.nodeName ? nil : r.nodeAddress)
+        }
+        for ep in state.endpoints where ep.ready && ep.identity != 0 {
+            desired[IPv4Prefix(ep.ip, 32)] = (ep.identity, nil)
+        }
+        do {
+            let current = try datapath.dumpIPCache()
+            var have: [IPv4Prefix: (UInt32, IPv4Address?)] = [:]
+            for e in current { have[e.prefix] = (e.identity, e.tunnelEndpoint) }
+            for (prefix, want) in desired where have[prefix].map({ $0 != want }) ?? true {
+                try datapath.upsertIPCache(prefix, identity: want.0, tunnelEndpoint: want.1)
+            }
+            for prefix in have.keys where desired[prefix] == nil {
+                try datapath.deleteIPCache(prefix)
+            }
+            health["ipcache"] = "ok"
+        } catch {
+            health["ipcache"] = "\(error)"
+        }
+    }
+
+    // MARK: policy
+
+    func setEndpointPolicy(_ id: UInt32, _ policy: EndpointPolicy) throws {
+        guard let ep = state.endpoints.first(where: { $0.id == id }) else {
+            throw APIFailure(.notFound, "no endpoint \(id) on \(config.nodeName)")
+        }
+        for r in policy.rules {
+            if (r.fromPort != nil || r.toPort != nil) && r.proto == 0 {
+                throw APIFailure(.invalid, "rule with ports needs a protocol (6 tcp, 17 udp, 132 sctp)")
+            }
+            if let lo = r.fromPort, let hi = r.toPort, lo > hi {
+                throw APIFailure(.invalid, "port range \(lo)-\(hi) is empty")
+            }
+        }
+        state.policies[id] = policy
+        try persist()
+        if ep.ready { try writePolicy(for: ep) }
+    }
+
+    static func entries(of policy: EndpointPolicy) -> [PolicyKey: PolicyEntry] {
+        var out: [PolicyKey: PolicyEntry] = [:]
+        for r in policy.rules {
+            let dir: TrafficDirection = r.direction == .ingress ? .ingress : .egress
+            let verdict: PolicyVerdict = r.verdict == .allow ? .allow : .deny
+            let keys: [PolicyKey]
+            if r.proto == 0 {
+                keys = [PolicyKey(remoteIdentity: r.remoteIdentity, direction: dir)]
+            } else if let lo = r.fromPort {
+                keys = PolicyKey.range(remoteIdentity: r.remoteIdentity, direction: dir, proto: r.proto, ports: lo...(r.toPort ?? lo))
+            } else {
+                keys = [PolicyKey(remoteIdentity: r.remoteIdentity, direction: dir, proto: r.proto)]
+            }
+            for k in keys {
+                // A deny for the same key wins over an allow (precedence resolved here).
+                if let existing = out[k], existing.verdict == .deny, verdict == .allow { continue }
+                out[k] = PolicyEntry(key: k, verdict: verdict, ruleRef: r.ruleRef)
+            }
+        }
+        return out
+    }
+
+    /// Writes the differences between the endpoint's desired policy and its map entries:
+    /// new entries before enforcement is switched on, stale ones after.
+    func writePolicy(for ep: EndpointInfo) throws {
+        guard let datapath else { return }
+        let policy = state.policies[ep.id] ?? .unenforced
+        let desired = Self.entries(of: policy)
+        var current: [PolicyKey: PolicyEntry] = [:]
+        for e in try datapath.dumpPolicy(endpointID: ep.id) { current[e.key] = e }
+        let upsert = desired.values.filter { current[$0.key] != $0 }
+        let stale = current.keys.filter { desired[$0] == nil }
+        do {
+            try datapath.setPolicy(endpointID: ep.id, upsert: upsert, delete: [])
+        } catch let full as NodeDatapath.PolicyMapFull {
+            health["policy"] = "\(full)"
+            throw APIFailure(.exhausted, full.description)
+        }
+        if ep.ready || ep.identity != 0 {
+            var entry = try endpointEntry(ep)
+            entry.ingressEnforced = policy.enforceIngress
+            entry.egressEnforced = policy.enforceEgress
+            try datapath.updateEndpoint(entry)
+        }
+        try datapath.setPolicy(endpointID: ep.id, upsert: [], delete: Array(stale))
+    }
+
+    // MARK: events and maintenance
+
+    /// Keeps the most recent datapath events for `fathom monitor`.
+    public func runEvents() async {
+        guard let datapath else { return }
+        for await e in datapath.events() {
+            record(e)
+        }
+    }
+
+    func record(_ e: DatapathEvent) {
+        eventSequence += 1
+        let reasonText: String = switch e.kind {
+        case .drop: e.dropReason?.message ?? "drop \(e.reasonCode)"
+        case .trace: e.traceReason.map { "\($0)" } ?? "trace \(e.reasonCode)"
+        }
+        let point: String = switch e.observationPoint {
+        case .fromContainer: "from-container"
+        case .toContainer: "to-container"
+        case .fromNetdev: "from-netdev"
+        case nil: "unknown"
+        }
+        let m = MonitorEvent(sequence: eventSequence, time: Date().timeIntervalSince1970,
+                             kind: e.kind == .drop ? "drop" : "trace", reason: Int(e.reasonCode), reasonText: reasonText,
+                             observationPoint: point, direction: e.direction.map { "\($0)" } ?? "unknown",
+                             source: e.source, destination: e.destination, sourcePort: e.sourcePort,
+                             destinationPort: e.destinationPort, proto: e.proto, tcpFlags: e.tcpFlags,
+                             sourceIdentity: e.sourceIdentity, destinationIdentity: e.destinationIdentity,
+                             endpointID: e.endpointID, ruleRef: e.ruleRef, ifindex: e.ifindex)
+        recentEvents.append(m)
+        if recentEvents.count > 8192 { recentEvents.removeFirst(recentEvents.count - 8192) }
+    }
+
+    func events(after: UInt64, limit: Int) -> [MonitorEvent] {
+        Array(recentEvents.filter { $0.sequence > after }.prefix(max(1, min(limit, 8192))))
+    }
+
+    /// Expired conntrack entries and unused identities are collected here.
+    public func runMaintenance() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(nanoseconds: 10_000_000_000)
+            if let datapath { _ = try? datapath.collectExpiredConntrack() }
+            _ = try? await identities.collectUnused(now: Date())
+        }
+    }
+
+    // MARK: dumps
+
+    func dump(_ kind: BPFDumpKind, endpointID: UInt32?) throws -> Table {
+        guard let datapath else { throw APIFailure(.unavailable, "the datapath is not loaded on \(config.nodeName)") }
+        func ip(_ a: IPv4Address?) -> String { a?.description ?? "-" }
+        switch kind {
+        case .ipcache:
+            return Table(header: ["PREFIX", "IDENTITY", "TUNNEL-ENDPOINT"],
+                         rows: try datapath.dumpIPCache().map { [$0.prefix.description, identityText($0.identity), ip($0.tunnelEndpoint)] })
+        case .endpoints:
+            return Table(header: ["ID", "IP", "IDENTITY", "IFINDEX", "POD-MAC", "HOST-MAC", "INGRESS", "EGRESS", "LOCKDOWN"],
+                         rows: try datapath.dumpEndpoints().map {
+                             ["\($0.id)", $0.ip.description, identityText($0.identity), "\($0.hostIfindex)", $0.podMAC.description,
+                              $0.hostMAC.description, $0.ingressEnforced ? "enforced" : "open",
+                              $0.egressEnforced ? "enforced" : "open", $0.lockdown ? "yes" : "no"]
+                         })
+        case .policy:
+            guard let id = endpointID else { throw APIFailure(.invalid, "fathom bpf policy needs an endpoint id (see fathom bpf endpoints)") }
+            return Table(header: ["DIRECTION", "IDENTITY", "PROTO", "PORT/PREFIX", "VERDICT", "RULE"],
+                         rows: try datapath.dumpPolicy(endpointID: id).sorted { "\($0.key)" < "\($1.key)" }.map {
+                             ["\($0.key.direction)", $0.key.remoteIdentity == 0 ? "any" : identityText($0.key.remoteIdentity),
+                              $0.key.proto == 0 ? "any" : "\($0.key.proto)",
+                              $0.key.proto == 0 || $0.key.portPrefixLength == 0 ? "any" : "\($0.key.port)/\($0.key.portPrefixLength)",
+                              $0.verdict == .allow ? "allow" : "deny", "\($0.ruleRef)"]
+                         })
+        case .ct:
+            let now = NodeDatapath.monotonicSeconds()
+            return Table(header: ["PROTO", "SOURCE", "DESTINATION", "EXPIRES-IN", "TX-PKTS", "RX-PKTS", "SRC-IDENTITY", "STATE"],
+                         rows: try datapath.dumpConntrack().map {
+                             ["\($0.proto)", "\($0.source):\($0.sourcePort)", "\($0.destination):\($0.destinationPort)",
+                              "\(Int64($0.expires) - Int64(now))s", "\($0.txPackets)", "\($0.rxPackets)", "\($0.sourceIdentity)",
+                              $0.closing ? "closing" : ($0.seenReply ? "established" : "new")]
+                         })
+        case .nat:
+            return Table(header: ["PROTO", "ORIGINAL", "TRANSLATED"], rows: [])
+        case .counters:
+            return Table(header: ["REASON", "DIRECTION", "PACKETS", "BYTES"],
+                         rows: try datapath.counters().map {
+                             [$0.reason == 0 ? "forwarded" : ($0.dropReason.map { "\($0.rawValue) \($0.message)" } ?? "\($0.reason)"),
+                              $0.direction.map { "\($0)" } ?? "-", "\($0.packets)", "\($0.bytes)"]
+                         })
+        case .maps:
+            return Table(header: ["MAP", "ENTRIES"], rows: [
+                ["fth_ipc4_v1 (ipcache)", "\(try datapath.dumpIPCache().count)"],
+                ["fth_ep4_v1 (endpoints)", "\(try datapath.dumpEndpoints().count)"],
+                ["fth_ct4_v1 (conntrack)", "\(try datapath.dumpConntrack().count)"],
+            ])
+        }
+    }
+
+    func identityText(_ id: UInt32) -> String {
+        if let r = ReservedIdentity(rawValue: id) { return "\(id) (\(r))" }
+        return "\(id)"
+    }
+}
