@@ -163,8 +163,12 @@ extension Agent {
         if ep.ready { try writePolicy(for: ep) }
     }
 
+    /// The map entries of an endpoint's policy, with deny precedence worked out: the
+    /// datapath takes the longest match within the remote identity (then within "any"), so
+    /// a narrow allow would otherwise beat a broad deny. Port blocks are aligned powers of
+    /// two: two blocks either nest or do not meet.
     static func entries(of policy: EndpointPolicy) -> [PolicyKey: PolicyEntry] {
-        var out: [PolicyKey: PolicyEntry] = [:]
+        var raw: [PolicyKey: PolicyEntry] = [:]
         for r in policy.rules {
             let dir: TrafficDirection = r.direction == .ingress ? .ingress : .egress
             let verdict: PolicyVerdict = r.verdict == .allow ? .allow : .deny
@@ -177,12 +181,38 @@ extension Agent {
                 keys = [PolicyKey(remoteIdentity: r.remoteIdentity, direction: dir, proto: r.proto)]
             }
             for k in keys {
-                // A deny for the same key wins over an allow (precedence resolved here).
-                if let existing = out[k], existing.verdict == .deny, verdict == .allow { continue }
-                out[k] = PolicyEntry(key: k, verdict: verdict, ruleRef: r.ruleRef)
+                if let existing = raw[k], existing.verdict == .deny, verdict == .allow { continue }
+                raw[k] = PolicyEntry(key: k, verdict: verdict, ruleRef: r.ruleRef)
+            }
+        }
+        let denies = raw.values.filter { $0.verdict == .deny }
+        // 1. An allow that some applicable deny covers entirely is no allow at all.
+        var out = raw.filter { _, e in
+            e.verdict == .deny || !denies.contains { d in
+                d.key.direction == e.key.direction
+                    && (d.key.remoteIdentity == 0 || d.key.remoteIdentity == e.key.remoteIdentity)
+                    && covers(d.key, e.key)
+            }
+        }
+        // 2. A deny for any identity is repeated in the key space of every identity that has
+        //    entries of its own, where it would otherwise never be looked at.
+        let spaces = Set(out.keys.filter { $0.remoteIdentity != 0 }.map { PolicyKey(remoteIdentity: $0.remoteIdentity, direction: $0.direction) })
+        for d in denies where d.key.remoteIdentity == 0 {
+            for space in spaces where space.direction == d.key.direction {
+                var k = d.key
+                k.remoteIdentity = space.remoteIdentity
+                if out[k]?.verdict != .deny { out[k] = PolicyEntry(key: k, verdict: .deny, ruleRef: d.ruleRef) }
             }
         }
         return out
+    }
+
+    /// Does the protocol/port block of `outer` contain that of `inner`?
+    static func covers(_ outer: PolicyKey, _ inner: PolicyKey) -> Bool {
+        if outer.proto == 0 { return true }
+        guard outer.proto == inner.proto, inner.proto != 0, outer.portPrefixLength <= inner.portPrefixLength else { return false }
+        let mask: UInt16 = outer.portPrefixLength == 0 ? 0 : UInt16.max << (16 - UInt16(outer.portPrefixLength))
+        return inner.port & mask == outer.port
     }
 
     /// Writes the differences between the endpoint's desired policy and its map entries:

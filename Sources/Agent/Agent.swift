@@ -183,8 +183,11 @@ public actor Agent {
         while !Task.isCancelled {
             do {
                 for try await update in store.watch(prefix: StoreKeys.root) {
-                    apply(update)
+                    let revision = apply(update)
+                    // Identities follow label changes before the revision counts as applied,
+                    // so a command that waits for it sees the change enforced.
                     await reconcileIdentities()
+                    appliedRevision = max(appliedRevision, revision)
                     backoff = 100_000_000
                 }
             } catch {
@@ -196,25 +199,28 @@ public actor Agent {
         }
     }
 
-    func apply(_ update: WatchUpdate) {
+    /// Applies one watch update to the caches, routes and ipcache; returns its revision.
+    func apply(_ update: WatchUpdate) -> Int64 {
+        let revision: Int64
         switch update {
-        case .snapshot(let items, let revision):
+        case .snapshot(let items, let r):
             nodes = [:]; alive = []; pods = [:]; namespaces = [:]; ipcacheRecords = [:]; identityLabelsByNumber = [:]
             for kv in items { applyPut(kv) }
-            appliedRevision = revision
             snapshotApplied = true
-        case .events(let events, let revision):
+            revision = r
+        case .events(let events, let r):
             for e in events {
                 switch e {
                 case .put(let kv): applyPut(kv)
                 case .delete(let key, _): applyDelete(key)
                 }
             }
-            appliedRevision = max(appliedRevision, revision)
+            revision = r
         }
         health["store"] = "ok"
         reconcileRoutes()
         reconcileIPCache()
+        return revision
     }
 
     func applyPut(_ kv: KeyValue) {

@@ -29,6 +29,9 @@ extension Lab {
         let (_, client) = try anyAgent(s)
         guard case .ok(let revision) = try client.expect(request) else { throw LabError("unexpected reply to \(request)") }
         try waitApplied(revision)
+        // What agents wrote in reaction (a new identity, its ipcache record) is applied
+        // everywhere too before the command returns.
+        try sync()
     }
 
     public func sync() throws {

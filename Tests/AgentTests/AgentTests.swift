@@ -71,3 +71,49 @@ func makeAgent(_ name: String, index: Int?, store: any KVStore, dir: String? = n
         }
     }
 }
+
+import AgentAPI
+import Datapath
+
+@Suite struct DenyPrecedenceTests {
+    func entries(_ rules: [PolicyRule]) -> [PolicyKey: PolicyEntry] {
+        Agent.entries(of: EndpointPolicy(enforceIngress: true, enforceEgress: false, rules: rules))
+    }
+
+    @Test func anAllowInsideABroadDenyIsDropped() {
+        let e = entries([
+            PolicyRule(remoteIdentity: 300, direction: .ingress, proto: 6, fromPort: 80, verdict: .allow, ruleRef: 1),
+            PolicyRule(remoteIdentity: 0, direction: .ingress, proto: 6, verdict: .deny, ruleRef: 2),
+        ])
+        #expect(!e.values.contains { $0.verdict == .allow }, "the TCP-wide deny covers port 80")
+        #expect(e[PolicyKey(remoteIdentity: 300, direction: .ingress, proto: 6)]?.verdict == .deny)
+    }
+
+    @Test func aNarrowDenyForAnyIdentityIsCopiedIntoIdentitySpaces() {
+        let e = entries([
+            PolicyRule(remoteIdentity: 300, direction: .ingress, proto: 6, fromPort: 80, toPort: 8443, verdict: .allow, ruleRef: 1),
+            PolicyRule(remoteIdentity: 0, direction: .ingress, proto: 6, fromPort: 8080, verdict: .deny, ruleRef: 2),
+        ])
+        #expect(e[PolicyKey(remoteIdentity: 300, direction: .ingress, proto: 6, port: 8080)]?.verdict == .deny)
+        #expect(e[PolicyKey(remoteIdentity: 300, direction: .ingress, proto: 6, port: 8080)]?.ruleRef == 2)
+        #expect(e.values.contains { $0.verdict == .allow && $0.key.remoteIdentity == 300 })
+        // Not copied into the other direction.
+        #expect(e.keys.allSatisfy { $0.direction == .ingress })
+    }
+
+    @Test func denyOnTheSameKeyWins() {
+        let e = entries([
+            PolicyRule(remoteIdentity: 300, direction: .egress, proto: 17, fromPort: 53, verdict: .deny, ruleRef: 2),
+            PolicyRule(remoteIdentity: 300, direction: .egress, proto: 17, fromPort: 53, verdict: .allow, ruleRef: 1),
+        ])
+        #expect(e.count == 1 && e.values.first?.verdict == .deny)
+    }
+
+    @Test func aDenyForAnotherProtocolLeavesTheAllow() {
+        let e = entries([
+            PolicyRule(remoteIdentity: 300, direction: .ingress, proto: 6, fromPort: 80, verdict: .allow, ruleRef: 1),
+            PolicyRule(remoteIdentity: 300, direction: .ingress, proto: 17, verdict: .deny, ruleRef: 2),
+        ])
+        #expect(e[PolicyKey(remoteIdentity: 300, direction: .ingress, proto: 6, port: 80)]?.verdict == .allow)
+    }
+}
