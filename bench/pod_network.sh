@@ -30,6 +30,7 @@ FATHOM="$repo/.build/debug/fathom"
 
 [ "$(id -u)" -eq 0 ] || { echo "run as root: sudo bench/pod_network.sh" >&2; exit 1; }
 [ "$ROUNDS" -ge 5 ] || { echo "ROUNDS must be at least 5" >&2; exit 1; }
+[[ "$IPERF_SECS" =~ ^[1-9][0-9]*$ ]] || { echo "IPERF_SECS must be a whole number >= 1" >&2; exit 1; }
 for tool in gcc iperf3 jq taskset nsenter python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
 done
@@ -108,8 +109,8 @@ done
 for p in base same cross; do
   ok=0
   for _ in $(seq 50); do
-    if in_ns "${SRC[$p]}" "$RR" rr "${DST[$p]}" "$PORT" 0.01 >/dev/null 2>&1 &&
-       in_ns "${SRC[$p]}" iperf3 -c "${DST[$p]}" -p "$IPERF_PORT" -t 0.1 >/dev/null 2>&1; then
+    if in_ns "${SRC[$p]}" timeout 5 "$RR" rr "${DST[$p]}" "$PORT" 0.01 >/dev/null 2>&1 &&
+       in_ns "${SRC[$p]}" timeout 5 iperf3 -c "${DST[$p]}" -p "$IPERF_PORT" -n 64K >/dev/null 2>&1; then
       ok=1; break
     fi
     sleep 0.1
@@ -118,10 +119,10 @@ for p in base same cross; do
 done
 
 measure() { # metric path -> value
-  local m="$1" p="$2"
+  local m="$1" p="$2" limit=$((${SECS%.*} + IPERF_SECS + 30))
   case "$m" in
-    rr|crr) in_ns "${SRC[$p]}" taskset -c 0 "$RR" "$m" "${DST[$p]}" "$PORT" "$SECS" | awk '{print $1}' ;;
-    tput) in_ns "${SRC[$p]}" iperf3 -c "${DST[$p]}" -p "$IPERF_PORT" -t "$IPERF_SECS" -J |
+    rr|crr) in_ns "${SRC[$p]}" timeout "$limit" taskset -c 0 "$RR" "$m" "${DST[$p]}" "$PORT" "$SECS" | awk '{print $1}' ;;
+    tput) in_ns "${SRC[$p]}" timeout "$limit" iperf3 -c "${DST[$p]}" -p "$IPERF_PORT" -t "$IPERF_SECS" -J |
             jq '.end.sum_received.bits_per_second / 1e9' ;;
   esac
 }

@@ -1,12 +1,21 @@
 import ClusterStore
 import Foundation
 import Model
+import Synchronization
 import Testing
 
 @testable import Identity
 
 private func labels(_ app: String) -> LabelSet {
     IdentityLabels.forPod(PodRecord(namespace: "default", name: app, labels: ["app": app]), namespace: nil)
+}
+
+/// A clock the test moves.
+private final class TestClock: Sendable {
+    private let time: Mutex<Date>
+    init(_ start: Date) { time = Mutex(start) }
+    var now: Date { time.withLock { $0 } }
+    func set(_ date: Date) { time.withLock { $0 = date } }
 }
 
 @Suite struct AllocatorTests {
@@ -76,12 +85,14 @@ private func labels(_ app: String) -> LabelSet {
     @Test func aReferenceBeforeCollectionKeepsTheIdentity() async throws {
         let store = MemoryStore()
         let start = Date(timeIntervalSince1970: 1_000_000)
-        let n1 = IdentityAllocator(store: store, node: "node1", clock: { start })
-        let n2 = IdentityAllocator(store: store, node: "node2", clock: { start })
+        let clock = TestClock(start)
+        let n1 = IdentityAllocator(store: store, node: "node1", clock: { clock.now })
+        let n2 = IdentityAllocator(store: store, node: "node2", clock: { clock.now })
         let web = try await n1.acquire(labels("web"))
         try await n1.release(web)
         #expect(try await n2.acquire(labels("web")) == web)  // pod recreated within grace
         #expect(try await n1.collectUnused(now: start + 3600).isEmpty)
+        clock.set(start + 3600)
         try await n2.release(web)
         #expect(try await n1.collectUnused(now: start + 3600 + 299).isEmpty)  // new grace period
         #expect(try await n1.collectUnused(now: start + 3600 + 300) == [web])
