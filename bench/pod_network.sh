@@ -100,9 +100,10 @@ SRC[same]="$(pod a1 netns)"; DST[same]="$(pod a2 ip)"; DSTNS[same]="$(pod a2 net
 SRC[cross]="$(pod a1 netns)"; DST[cross]="$(pod b1 ip)"; DSTNS[cross]="$(pod b1 netns)"
 
 for p in base same cross; do
-  in_ns "${DSTNS[$p]}" taskset -c 0 "$RR" server "$PORT" &
+  # nsenter directly (not the in_ns function) so that $! is the server itself
+  nsenter --net="/run/netns/${DSTNS[$p]}" taskset -c 0 "$RR" server "$PORT" &
   PIDS+=($!)
-  in_ns "${DSTNS[$p]}" iperf3 -s -p "$IPERF_PORT" >/dev/null 2>&1 &
+  nsenter --net="/run/netns/${DSTNS[$p]}" iperf3 -s -p "$IPERF_PORT" >/dev/null 2>&1 &
   PIDS+=($!)
 done
 # wait until every server answers (also proves each path works before measuring)
@@ -157,7 +158,7 @@ name = {"rr": "RR 1-CPU", "crr": "CRR 1-CPU", "tput": "iperf3 1 stream"}
 fmt = {"rr": "{:.2f}", "crr": "{:.0f}", "tput": "{:.1f}"}
 label = {"base": "baseline (kernel fwd)", "same": "fathom same-node", "cross": "fathom cross-node"}
 busy = False
-print(f"\n{'metric':<16}{'path':<23}{'median':>10}  {'min-max':<19}{'subject/baseline':>17}")
+print(f"\n{'metric':<16}{'path':<23}{'median':>14}  {'min-max':<13}{'subject/baseline':>17}")
 for m in ("rr", "crr", "tput"):
     base = statistics.median(data[(m, "base")])
     for p in ("base", "same", "cross"):
@@ -169,8 +170,8 @@ for m in ("rr", "crr", "tput"):
         if spread > 0.25:
             flag, busy = "  (wide: busy machine)", True
         ratio = "" if p == "base" else f"{med / base:.2f}x"
-        print(f"{name[m]:<16}{label[p]:<23}{f.format(med) + ' ' + unit[m]:>10}  "
-              f"{f.format(min(v)) + '-' + f.format(max(v)):<19}{ratio:>17}{flag}")
+        print(f"{name[m]:<16}{label[p]:<23}{f.format(med) + ' ' + unit[m]:>14}  "
+              f"{f.format(min(v)) + '-' + f.format(max(v)):<13}{ratio:>17}{flag}")
 print("\nRR: ratio > 1 is slower than baseline; CRR, iperf3: ratio < 1 is slower.")
 if busy:
     print("Some min-max ranges exceed 25% of the median: the machine was busy; trust ratios less.")

@@ -134,13 +134,16 @@ extension Agent {
         guard let link = try netlink.link(named: state.endpoints[i].hostIfName) else {
             throw APIFailure(.invalid, "host interface \(state.endpoints[i].hostIfName) does not exist; create the veth first")
         }
-        try await prepareDatapath(for: i)
-        let ep = state.endpoints[i]
+        try await prepareDatapath(for: ref)
+        guard let j = state.endpoints.firstIndex(where: { $0.ref == ref }) else {
+            throw APIFailure(.notFound, "endpoint \(ref.containerID)/\(ref.ifName) went away")
+        }
+        let ep = state.endpoints[j]
         try netlink.setUp(ep.hostIfName)
         try installPodRoute(ep.ip, linkIndex: link.index)
-        state.endpoints[i].ready = true
+        state.endpoints[j].ready = true
         try persist()
-        return state.endpoints[i]
+        return state.endpoints[j]
     }
 
     func installPodRoute(_ ip: IPv4Address, linkIndex: Int32) throws {
@@ -153,9 +156,10 @@ extension Agent {
             throw APIFailure(.notFound, "no endpoint for container \(ref.containerID) interface \(ref.ifName)")
         }
         // Programs and map entries, the link (its route goes with it), the address, the record.
-        let hostIndex = try netlink.link(named: ep.hostIfName)?.index
-        await releaseDatapath(for: ep, hostIfindex: hostIndex)
-        _ = try netlink.deleteLinkIfExists(ep.hostIfName)
+        // Only our veth goes: a failed ADD may have met some other link of that name.
+        let host = try netlink.link(named: ep.hostIfName).flatMap { $0.kind == "veth" ? $0 : nil }
+        await releaseDatapath(for: ep, hostIfindex: host?.index)
+        if host != nil { _ = try netlink.deleteLinkIfExists(ep.hostIfName) }
         forget(ep)
         var revision = appliedRevision
         let key = StoreKeys.pod(ep.podNamespace, ep.podName)

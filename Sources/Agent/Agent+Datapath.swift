@@ -65,17 +65,30 @@ extension Agent {
 
     /// Gives the endpoint its identity, publishes where it lives, writes its policy and
     /// attaches its programs: everything the datapath needs before the veth comes up.
-    func prepareDatapath(for index: Int) async throws {
-        var ep = state.endpoints[index]
-        let labels = try await identityLabels(for: ep)
+    /// The endpoint is looked up again after every suspension: a DEL may have run meanwhile.
+    func prepareDatapath(for ref: EndpointRef) async throws {
+        func current() throws -> Int {
+            guard let i = state.endpoints.firstIndex(where: { $0.ref == ref }) else {
+                throw APIFailure(.notFound, "endpoint \(ref.containerID)/\(ref.ifName) went away")
+            }
+            return i
+        }
+        let labels = try await identityLabels(for: state.endpoints[try current()])
         let identity = try await identities.acquire(labels)
-        if ep.identity != 0 && ep.identity != identity { try? await identities.release(ep.identity) }
-        ep.identity = identity
-        state.endpoints[index] = ep
+        guard let i = try? current() else {
+            try? await identities.release(identity)
+            throw APIFailure(.notFound, "endpoint \(ref.containerID)/\(ref.ifName) went away")
+        }
+        let previous = state.endpoints[i].identity
+        state.endpoints[i].identity = identity
+        let ep = state.endpoints[i]
         try persist()
         endpointLabels[ep.id] = labels
+        // The endpoint holds one reference: the one just taken replaces the one it had.
+        if previous != 0 { try? await identities.release(previous) }
         _ = try await putJSON(StoreKeys.ipcache(ep.ip),
                               IPCacheRecord(ip: ep.ip, identity: identity, node: config.nodeName, nodeAddress: config.nodeAddress))
+        _ = try current()
         guard let datapath else { return }
         try datapath.upsertIPCache(IPv4Prefix(ep.ip, 32), identity: identity, tunnelEndpoint: nil)
         try writePolicy(for: ep)
@@ -98,12 +111,13 @@ extension Agent {
 
     /// Pods whose labels (or namespace labels) changed get the identity that now matches.
     func reconcileIdentities() async {
-        for (i, ep) in state.endpoints.enumerated() where ep.ready {
+        for ep in state.endpoints where ep.ready {
             guard let labels = try? await identityLabels(for: ep), labels != endpointLabels[ep.id] else { continue }
+            guard state.endpoints.contains(where: { $0.ref == ep.ref && $0.ready }) else { continue }
             do {
-                try await prepareDatapath(for: i)
+                try await prepareDatapath(for: ep.ref)
                 log.info("endpoint identity follows its labels", metadata: ["endpoint.id": "\(ep.id)",
-                                                                            "identity": "\(state.endpoints[i].identity)"])
+                                                                            "labels": "\(labels)"])
             } catch {
                 log.warning("identity update failed", metadata: ["endpoint.id": "\(ep.id)", "error": "\(error)"])
             }

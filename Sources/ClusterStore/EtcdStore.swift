@@ -131,7 +131,7 @@ public final class EtcdStore: KVStore {
             $0.success = then.map(Etcdserverpb_RequestOp.init)
             $0.failure = `else`.map(Etcdserverpb_RequestOp.init)
         }
-        let response = try await unary("txn on \(Set(compares.map(\.key)).sorted())") { options in
+        let response = try await unary("txn on \(Set(compares.map(\.key)).sorted())", retryable: false) { options in
             try await self.kv.txn(request, options: options)
         }
         let branch = response.succeeded ? then : `else`
@@ -228,8 +228,12 @@ public final class EtcdStore: KVStore {
 
     /// Runs one request with the timeout, waiting for a connection within it, and turns
     /// failures into `StoreError`s that say what was attempted.
+    ///
+    /// A connection that etcd dropped (a restart) fails the first call on it; such a call
+    /// is tried again within the timeout, except a transaction, whose result the caller
+    /// must see exactly once.
     private func unary<R: Sendable>(
-        _ what: String, largeResponse: Bool = false, _ body: (CallOptions) async throws -> R
+        _ what: String, largeResponse: Bool = false, retryable: Bool = true, _ body: (CallOptions) async throws -> R
     ) async throws -> R {
         let operation = "\(what) on etcd at \(endpoint)"
         try startIfNeeded(operation)
@@ -237,10 +241,15 @@ public final class EtcdStore: KVStore {
         options.timeout = requestTimeout
         options.waitForReady = true
         if largeResponse { options.maxResponseMessageBytes = 256 << 20 }
-        do {
-            return try await body(options)
-        } catch {
-            throw storeError(error, operation: operation)
+        let deadline = ContinuousClock.now + requestTimeout
+        while true {
+            do {
+                return try await body(options)
+            } catch let rpc as RPCError where retryable && rpc.code == .unavailable && ContinuousClock.now + .milliseconds(100) < deadline {
+                try await Task.sleep(for: .milliseconds(100))
+            } catch {
+                throw storeError(error, operation: operation)
+            }
         }
     }
 

@@ -48,9 +48,12 @@ final class TestLab: @unchecked Sendable {
         _ = try? LabSupport.fathom(["lab", "down", "--lab", name])
     }
 
+    /// Runs `fathom ARGS --lab NAME` (the lab option goes before a `--` command).
     @discardableResult
     func run(_ args: [String], input: String? = nil) throws -> Processes.Output {
-        try LabSupport.fathom(args + ["--lab", name], input: input)
+        var a = args
+        a.insert(contentsOf: ["--lab", name], at: args.firstIndex(of: "--") ?? args.count)
+        return try LabSupport.fathom(a, input: input)
     }
 
     /// Runs and requires success.
