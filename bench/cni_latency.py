@@ -148,6 +148,9 @@ class Bench:
         ms = lambda v: f"{v * 1000:7.1f} ms"
         print(f"CNI latency, {self.samples} samples each (+{self.warmup} warm-up), "
               f"alternating, plugin run inside {self.lab}-node1 via nsenter")
+        print("binaries: " + ", ".join(
+            f"{b} built {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(os.path.getmtime(os.path.join(BIN, b))))}"
+            for b in ("fathom-cni", "fathom-agent")))
         print(f"{'plugin':<22}{'ADD median':>12}{'ADD p90':>12}{'DEL median':>12}{'DEL p90':>12}")
         label = {"fathom": "fathom-cni", "reference": "bridge+host-local"}
         for name, t in self.times.items():

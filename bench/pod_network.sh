@@ -130,6 +130,7 @@ measure() { # metric path -> value
 
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  kernel: $(uname -r)  cpus: $(nproc)  rounds: $ROUNDS" \
      " RR/CRR ${SECS}s, iperf3 ${IPERF_SECS}s per sample"
+echo "binaries: fathom-agent built $(date -u -r "$repo/.build/debug/fathom-agent" '+%Y-%m-%d %H:%M:%S UTC')"
 echo "paths: base ${SRC[base]} -> ${DST[base]} (veth, router netns, veth)"
 echo "       same ${SRC[same]} -> ${DST[same]} (fathom, node1)"
 echo "       cross ${SRC[cross]} -> ${DST[cross]} (fathom, node1 -> node2)"
