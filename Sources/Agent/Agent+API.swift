@@ -77,7 +77,7 @@ extension Agent {
                            router: state.podCIDR?.address(at: 1), ready: ready, health: health,
                            endpoints: state.endpoints, nodes: peers, appliedRevision: appliedRevision,
                            addressesInUse: state.pool?.inUse ?? 0, addressCapacity: state.pool?.capacity ?? 0,
-                           pid: getpid())
+                           pid: getpid(), eventsDecoded: recentEvents.newest)
     }
 
     // MARK: endpoints

@@ -47,9 +47,8 @@ extension Agent {
         var pod = pods[key]
         if pod == nil { pod = try await getJSON(StoreKeys.pod(ep.podNamespace, ep.podName)) }
         let record = pod ?? PodRecord(namespace: ep.podNamespace, name: ep.podName)
-        var ns = namespaces[ep.podNamespace]
-        if ns == nil { ns = try await getJSON(StoreKeys.namespace(ep.podNamespace)) }
-        return IdentityLabels.forPod(record, namespace: ns)
+        // Namespaces come from the watch cache: one never applied has no record anyway.
+        return IdentityLabels.forPod(record, namespace: namespaces[ep.podNamespace])
     }
 
     func endpointEntry(_ ep: EndpointInfo) throws -> EndpointEntry {
@@ -265,7 +264,6 @@ extension Agent {
     }
 
     func record(_ e: DatapathEvent) {
-        eventSequence += 1
         let reasonText: String = switch e.kind {
         case .drop: e.dropReason?.message ?? "drop \(e.reasonCode)"
         case .trace: e.traceReason.map { "\($0)" } ?? "trace \(e.reasonCode)"
@@ -276,19 +274,17 @@ extension Agent {
         case .fromNetdev: "from-netdev"
         case nil: "unknown"
         }
-        let m = MonitorEvent(sequence: eventSequence, time: Date().timeIntervalSince1970,
+        recentEvents.append { sequence in MonitorEvent(sequence: sequence, time: Date().timeIntervalSince1970,
                              kind: e.kind == .drop ? "drop" : "trace", reason: Int(e.reasonCode), reasonText: reasonText,
                              observationPoint: point, direction: e.direction.map { "\($0)" } ?? "unknown",
                              source: e.source, destination: e.destination, sourcePort: e.sourcePort,
                              destinationPort: e.destinationPort, proto: e.proto, tcpFlags: e.tcpFlags,
                              sourceIdentity: e.sourceIdentity, destinationIdentity: e.destinationIdentity,
-                             endpointID: e.endpointID, ruleRef: e.ruleRef, ifindex: e.ifindex)
-        recentEvents.append(m)
-        if recentEvents.count > 8192 { recentEvents.removeFirst(recentEvents.count - 8192) }
+                             endpointID: e.endpointID, ruleRef: e.ruleRef, ifindex: e.ifindex) }
     }
 
     func events(after: UInt64, limit: Int) -> [MonitorEvent] {
-        Array(recentEvents.filter { $0.sequence > after }.prefix(max(1, min(limit, 8192))))
+        recentEvents.events(after: after, limit: max(1, min(limit, recentEvents.capacity)))
     }
 
     /// Expired conntrack entries and unused identities are collected here.

@@ -67,8 +67,7 @@ public actor Agent {
     var ipcacheRecords: [IPv4Address: IPCacheRecord] = [:]
     var identityLabelsByNumber: [UInt32: LabelSet] = [:]
     var endpointLabels: [UInt32: LabelSet] = [:]
-    var recentEvents: [MonitorEvent] = []
-    var eventSequence: UInt64 = 0
+    var recentEvents = EventRing(capacity: 8192)
 
     public init(config: AgentConfig, store: any KVStore, logger: Logger) throws {
         self.config = config
@@ -330,10 +329,19 @@ public actor Agent {
             missingSince[n.name] = since
             guard now - since >= config.nodeGracePeriod else { continue }
             let hb = StoreKeys.heartbeat(n.name)
-            _ = try await store.txn(if: [.absent(hb)],
-                                    then: [.delete(StoreKeys.node(n.name)), .delete(StoreKeys.podCIDR(n.podCIDR))],
-                                    else: [])
+            let gone = try await store.txn(if: [.absent(hb)],
+                                           then: [.delete(StoreKeys.node(n.name)), .delete(StoreKeys.podCIDR(n.podCIDR))],
+                                           else: [])
             missingSince[n.name] = nil
+            guard gone.succeeded else { continue }
+            // What the node published goes with it: where its pods were, and its hold on
+            // identities (which then age out like any unused one).
+            for r in ipcacheRecords.values where r.node == n.name {
+                _ = try? await store.delete(StoreKeys.ipcache(r.ip))
+            }
+            for kv in try await store.list(prefix: IdentityKeys.refsPrefix).items where kv.key.hasSuffix("/" + n.name) {
+                _ = try? await store.delete(kv.key)
+            }
             log.info("removed node after its grace period", metadata: ["node": "\(n.name)"])
         }
     }

@@ -132,10 +132,13 @@ public struct AgentStatus: Codable, Sendable, Equatable {
     public var addressesInUse: Int
     public var addressCapacity: Int
     public var pid: Int32
+    /// Datapath events decoded since the agent started.
+    public var eventsDecoded: UInt64 = 0
 
     public init(node: String, nodeAddress: IPv4Address, podCIDR: IPv4Prefix?, router: IPv4Address?, ready: Bool,
                 health: [String: String], endpoints: [EndpointInfo], nodes: [PeerNode], appliedRevision: Int64,
-                addressesInUse: Int, addressCapacity: Int, pid: Int32) {
+                addressesInUse: Int, addressCapacity: Int, pid: Int32, eventsDecoded: UInt64 = 0) {
+        self.eventsDecoded = eventsDecoded
         self.node = node
         self.nodeAddress = nodeAddress
         self.podCIDR = podCIDR

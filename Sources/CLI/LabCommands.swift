@@ -15,10 +15,11 @@ struct LabCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Bring up a lab: router, external host, etcd, N nodes with agents.")
         @OptionGroup var labOptions: LabOptions
         @Option(help: "Number of nodes (1-9).") var nodes = 2
+        @Flag(help: "Agents without the eBPF datapath: kernel routing only (the baseline of benchmarks).") var noDatapath = false
         func validate() throws { guard (1...9).contains(nodes) else { throw ValidationError("--nodes must be 1 to 9") } }
         func run() throws {
             let lab = try labOptions.open()
-            try lab.up(nodes: nodes) { print($0) }
+            try lab.up(nodes: nodes, datapath: !noDatapath) { print($0) }
             print("lab \(lab.name) is up with \(nodes) nodes")
         }
     }

@@ -72,6 +72,8 @@ public struct LabState: Codable, Sendable {
     public var pods: [Pod]
     public var etcdPID: Int32
     public var externalEchoPID: Int32?
+    /// Agents run without the eBPF datapath (kernel routing only): the baseline of benchmarks.
+    public var noDatapath: Bool = false
 
     public func node(_ name: String) -> Node? { nodes.first { $0.name == name } }
     public func pod(_ key: String) -> Pod? { pods.first { "\($0.namespace)/\($0.name)" == key } }
@@ -153,7 +155,7 @@ public struct Lab: Sendable {
         return sock
     }
 
-    public func up(nodes count: Int, log: (String) -> Void) throws {
+    public func up(nodes count: Int, datapath: Bool = true, log: (String) -> Void) throws {
         guard (1...9).contains(count) else { throw LabError("--nodes must be 1 to 9") }
         guard !FileManager.default.fileExists(atPath: paths.stateFile) else {
             throw LabError("lab \(name) is already up (fathom lab down --lab \(name) first)")
@@ -170,7 +172,7 @@ public struct Lab: Sendable {
         }
         do {
             try FileManager.default.createDirectory(atPath: paths.runDirectory, withIntermediateDirectories: true)
-            try buildUp(count: count, log: log)
+            try buildUp(count: count, datapath: datapath, log: log)
         } catch {
             log("lab up failed: \(error); removing what was made")
             down(log: { _ in })
@@ -178,7 +180,7 @@ public struct Lab: Sendable {
         }
     }
 
-    func buildUp(count: Int, log: (String) -> Void) throws {
+    func buildUp(count: Int, datapath: Bool, log: (String) -> Void) throws {
         // The router joins the underlay bridge and the external side.
         let router = try makeNamespace(paths.routerNetns)
         try router.addBridge(name: "br0")
@@ -210,7 +212,7 @@ public struct Lab: Sendable {
                    "--initial-cluster", "lab=http://127.0.0.1:2380", "--heartbeat-interval=10", "--election-timeout=100",
                    "--log-level", "warn"],
             log: paths.runDirectory + "/etcd.log")
-        var state = LabState(name: name, nodes: [], pods: [], etcdPID: etcdPID, externalEchoPID: nil)
+        var state = LabState(name: name, nodes: [], pods: [], etcdPID: etcdPID, externalEchoPID: nil, noDatapath: !datapath)
         try saveState(state)
         try waitFor("etcd on \(url)", timeout: 20) {
             if case .answered = try Prober.probe(fromNetns: NetworkNamespace.path(paths.routerNetns), to: LabAddresses.underlayRouter,
@@ -225,7 +227,7 @@ public struct Lab: Sendable {
         for n in 1...count {
             let node = "node\(n)"
             try attachNode(n, router: router)
-            let pid = try startAgent(node)
+            let pid = try startAgent(node, datapath: datapath)
             let echo = try startEcho(netns: NetworkNamespace.path(paths.nodeNetns(node)), serve: "tcp:80,udp:80",
                                      log: paths.nodeDirectory(node) + "/echo.log")
             state.nodes.append(.init(name: node, address: LabAddresses.node(n), agentPID: pid, echoPID: echo, stopped: false))
@@ -268,7 +270,8 @@ public struct Lab: Sendable {
         FileManager.default.createFile(atPath: paths.nodeDirectory(node) + "/cni/10-fathom.conflist", contents: Data(conf.utf8))
     }
 
-    func startAgent(_ node: String) throws -> Int32 {
+    func startAgent(_ node: String, datapath: Bool? = nil) throws -> Int32 {
+        let withDatapath = try datapath ?? !loadState().noDatapath
         guard let n = LabAddresses.nodeIndex(node) else { throw LabError("unknown node \(node)") }
         let dir = paths.nodeDirectory(node)
         try? FileManager.default.removeItem(atPath: paths.agentSocket(node))
@@ -277,7 +280,7 @@ public struct Lab: Sendable {
             argv: [Processes.binary("fathom-agent"), "--node", node, "--node-ip", LabAddresses.node(n).description,
                    "--etcd", "\(LabAddresses.underlayRouter):\(LabAddresses.etcdPort)", "--pod-cidr-index", "\(n)",
                    "--state-dir", dir + "/state", "--socket", paths.agentSocket(node), "--lab", name,
-                   "--pin-dir", paths.pinDirectory(node)],
+                   "--pin-dir", paths.pinDirectory(node)] + (withDatapath ? [] : ["--no-datapath"]),
             log: dir + "/agent.log")
     }
 

@@ -49,7 +49,16 @@ struct AgentCommand: AsyncParsableCommand {
                 try await Task.sleep(nanoseconds: 500_000_000)
             }
         }
-        let server = try AgentServer(socketPath: socket) { await agent.handle($0) }
+        let requestLog = log
+        let server = try AgentServer(socketPath: socket) { request in
+            let start = ContinuousClock.now
+            let reply = await agent.handle(request)
+            let took = ContinuousClock.now - start
+            if took > .milliseconds(20) {
+                requestLog.info("slow request", metadata: ["request": "\(String(describing: request).prefix(40))", "took": "\(took)"])
+            }
+            return reply
+        }
         signal(SIGTERM, SIG_IGN)
         signal(SIGINT, SIG_IGN)
         let signals = AsyncStream<Int32> { cont in
