@@ -58,6 +58,7 @@ let package = Package(
         .target(name: "Model", swiftSettings: swift6),
         .target(name: "IPAM", dependencies: ["Model"], swiftSettings: swift6),
         .target(name: "Identity", dependencies: ["Model", "ClusterStore", .product(name: "Logging", package: "swift-log")], swiftSettings: swift6),
+        .target(name: "Policy", dependencies: ["Model", "Identity", "AgentAPI"], swiftSettings: swift6),
         .target(
             name: "AgentAPI",
             dependencies: [
@@ -69,7 +70,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "Model", "IPAM", "AgentAPI", "ClusterStore", "Netlink", "Identity", "Datapath",
+                "Model", "IPAM", "AgentAPI", "ClusterStore", "Netlink", "Identity", "Datapath", "Policy",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swift6),
@@ -81,7 +82,7 @@ let package = Package(
         .target(
             name: "CLI",
             dependencies: [
-                "Model", "AgentAPI", "LabKit",
+                "Model", "AgentAPI", "LabKit", "Policy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
             ],
@@ -103,6 +104,7 @@ let package = Package(
         // ---- Tests ---------------------------------------------------------------------
         .testTarget(name: "IPAMTests", dependencies: ["IPAM"], swiftSettings: swift6),
         .testTarget(name: "IdentityTests", dependencies: ["Identity", "ClusterStore", "Model"], swiftSettings: swift6),
+        .testTarget(name: "PolicyTests", dependencies: ["Policy", "Identity", "Model", "AgentAPI"], swiftSettings: swift6),
         .testTarget(name: "CNITests", dependencies: ["CNI", "AgentAPI"], swiftSettings: swift6),
         .testTarget(name: "ModelTests", dependencies: ["Model", "CLI"], swiftSettings: swift6),
         .testTarget(name: "ClusterStoreTests", dependencies: ["ClusterStore", "TestSupport"], swiftSettings: swift6),

@@ -3,6 +3,7 @@ import Model
 import AgentAPI
 import ClusterStore
 import Netlink
+import Policy
 
 extension Agent {
     public func handle(_ request: AgentRequest) async -> AgentReply {
@@ -32,14 +33,31 @@ extension Agent {
             case .namespaceApply(let ns): return .ok(revision: try await putJSON(StoreKeys.namespace(ns.name), ns))
             case .namespaceDelete(let name): return .ok(revision: try await store.delete(StoreKeys.namespace(name)))
             case .endpointPolicy(let id, let policy):
-                try setEndpointPolicy(id, policy)
+                try setEndpointPolicy(id, policy, pinned: true)
                 return .ok(revision: appliedRevision)
+            case .policyPut(let key, let json):
+                guard key.hasPrefix(StoreKeys.policies), (try? JSONDecoder().decode(PolicyObject.self, from: json)) != nil else {
+                    throw APIFailure(.invalid, "\(key) is not a policy object")
+                }
+                return .ok(revision: try await store.put(key, Array(json), lease: 0))
+            case .policyDelete(let key):
+                guard key.hasPrefix(StoreKeys.policies) else { throw APIFailure(.invalid, "\(key) is not a policy key") }
+                return .ok(revision: try await store.delete(key))
+            case .policyExplain(let from, let to, let port, let proto):
+                let e = try explain(from: from, to: to, port: port, proto: proto)
+                return .explanation(PolicyExplanation(allowed: e.allowed, text: e.text,
+                                                      decidedBy: e.decidedBy.map { "\($0)" },
+                                                      defaultDenyBy: e.defaultDenyBy))
+            case .policyGet(let endpoint): return .table(try policyTable(endpoint: endpoint))
             case .bpfDump(let kind, let id): return .table(try dump(kind, endpointID: id))
             case .events(let after, let limit): return .events(events(after: after, limit: limit))
             case .list(let kind):
                 switch kind {
                 case .pods: return .pods(pods.values.sorted { $0.key < $1.key })
                 case .nodes: return .nodes(nodes.values.sorted { $0.name < $1.name })
+                case .policies:
+                    return .table(Table(header: ["KIND", "NAMESPACE", "NAME"], rows: policyObjects.values
+                        .map { [$0.kind.rawValue, $0.namespace ?? "", $0.name] }.sorted { $0.lexicographicallyPrecedes($1) }))
                 case .namespaces:
                     // A namespace that was never applied still exists when a pod uses it.
                     var all = namespaces

@@ -72,11 +72,25 @@ extension Agent {
             }
             return i
         }
-        let labels = try await identityLabels(for: state.endpoints[try current()])
-        let identity = try await identities.acquire(labels)
-        guard let i = try? current() else {
+        let first = state.endpoints[try current()]
+        let labels = try await identityLabels(for: first)
+        async let acquired = identities.acquire(labels)
+        // While the store allocates, a new endpoint's programs go onto its veth (still
+        // down) in lockdown: nothing passes until identity and policy are in place.
+        var attachFailure: (any Error)?
+        if !first.ready, let datapath {
+            do {
+                var entry = try endpointEntry(first)
+                entry.lockdown = true
+                try datapath.attachEndpoint(entry)
+            } catch {
+                attachFailure = error
+            }
+        }
+        let identity = try await acquired
+        guard attachFailure == nil, let i = try? current() else {
             try? await identities.release(identity)
-            throw APIFailure(.notFound, "endpoint \(ref.containerID)/\(ref.ifName) went away")
+            throw attachFailure ?? APIFailure(.notFound, "endpoint \(ref.containerID)/\(ref.ifName) went away")
         }
         let previous = state.endpoints[i].identity
         state.endpoints[i].identity = identity
@@ -85,13 +99,15 @@ extension Agent {
         endpointLabels[ep.id] = labels
         // The endpoint holds one reference: the one just taken replaces the one it had.
         if previous != 0 { try? await identities.release(previous) }
+        if !ep.ready { resolveBeforeActivation(ep) }
         _ = try await putJSON(StoreKeys.ipcache(ep.ip),
                               IPCacheRecord(ip: ep.ip, identity: identity, node: config.nodeName, nodeAddress: config.nodeAddress))
         _ = try current()
         guard let datapath else { return }
         try datapath.upsertIPCache(IPv4Prefix(ep.ip, 32), identity: identity, tunnelEndpoint: nil)
+        // The policy entries, then the endpoint entry with its identity and enforcement
+        // (lockdown lifted); the programs are already attached.
         try writePolicy(for: ep)
-        try datapath.attachEndpoint(try endpointEntry(ep))
     }
 
     func releaseDatapath(for ep: EndpointInfo, hostIfindex: Int32?) async {
@@ -100,6 +116,7 @@ extension Agent {
             try? datapath.deleteIPCache(IPv4Prefix(ep.ip, 32))
         }
         state.policies[ep.id] = nil
+        state.pinnedPolicies.remove(ep.id)
         endpointLabels[ep.id] = nil
         if let kv = try? await store.get(StoreKeys.ipcache(ep.ip)),
            let rec = try? JSONDecoder().decode(IPCacheRecord.self, from: Data(kv.value)), rec.node == config.nodeName {
@@ -141,6 +158,11 @@ extension Agent {
         for ep in state.endpoints where ep.ready && ep.identity != 0 {
             desired[IPv4Prefix(ep.ip, 32)] = (ep.identity, nil)
         }
+        // Prefixes policies name, with their node-local CIDR identities; a pod or node
+        // address inside one keeps its own, more specific entry.
+        for (prefix, number) in cidrIdentities.allocated where desired[prefix] == nil {
+            desired[prefix] = (number, nil)
+        }
         do {
             let current = try datapath.dumpIPCache()
             var have: [IPv4Prefix: (UInt32, IPv4Address?)] = [:]
@@ -159,7 +181,7 @@ extension Agent {
 
     // MARK: policy
 
-    func setEndpointPolicy(_ id: UInt32, _ policy: EndpointPolicy) throws {
+    func setEndpointPolicy(_ id: UInt32, _ policy: EndpointPolicy, pinned: Bool) throws {
         guard let ep = state.endpoints.first(where: { $0.id == id }) else {
             throw APIFailure(.notFound, "no endpoint \(id) on \(config.nodeName)")
         }
@@ -172,6 +194,7 @@ extension Agent {
             }
         }
         state.policies[id] = policy
+        if pinned { state.pinnedPolicies.insert(id) }
         try persist()
         if ep.ready { try writePolicy(for: ep) }
     }
@@ -338,11 +361,11 @@ extension Agent {
                               $0.direction.map { "\($0)" } ?? "-", "\($0.packets)", "\($0.bytes)"]
                          })
         case .maps:
-            return Table(header: ["MAP", "ENTRIES"], rows: [
-                ["fth_ipc4_v1 (ipcache)", "\(try datapath.dumpIPCache().count)"],
-                ["fth_ep4_v1 (endpoints)", "\(try datapath.dumpEndpoints().count)"],
-                ["fth_ct4_v1 (conntrack)", "\(try datapath.dumpConntrack().count)"],
-            ])
+            return Table(header: ["MAP", "ENTRIES", "CAPACITY", "FULL"],
+                         rows: try datapath.mapUsage().map {
+                             [$0.name, "\($0.entries)", "\($0.capacity)",
+                              String(format: "%.1f%%", 100 * Double($0.entries) / Double(max(1, $0.capacity)))]
+                         })
         }
     }
 

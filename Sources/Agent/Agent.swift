@@ -7,6 +7,7 @@ import ClusterStore
 import Netlink
 import Identity
 import Datapath
+import Policy
 
 public struct AgentConfig: Sendable {
     public var nodeName: String
@@ -68,6 +69,10 @@ public actor Agent {
     var identityLabelsByNumber: [UInt32: LabelSet] = [:]
     var endpointLabels: [UInt32: LabelSet] = [:]
     var recentEvents = EventRing(capacity: 8192)
+    var policyObjects: [String: PolicyObject] = [:]
+    var cidrIdentities = CIDRIdentityAllocator()
+    var ruleOrigins: [UInt32: RuleOrigin] = [:]
+    var pinnedPolicies: Set<UInt32> { state.pinnedPolicies }
 
     public init(config: AgentConfig, store: any KVStore, logger: Logger) throws {
         self.config = config
@@ -186,6 +191,7 @@ public actor Agent {
                     // Identities follow label changes before the revision counts as applied,
                     // so a command that waits for it sees the change enforced.
                     await reconcileIdentities()
+                    reconcilePolicies()
                     appliedRevision = max(appliedRevision, revision)
                     backoff = 100_000_000
                 }
@@ -204,6 +210,7 @@ public actor Agent {
         switch update {
         case .snapshot(let items, let r):
             nodes = [:]; alive = []; pods = [:]; namespaces = [:]; ipcacheRecords = [:]; identityLabelsByNumber = [:]
+            policyObjects = [:]
             for kv in items { applyPut(kv) }
             snapshotApplied = true
             revision = r
@@ -237,6 +244,8 @@ public actor Agent {
             if let r = try? dec.decode(IPCacheRecord.self, from: data) { ipcacheRecords[r.ip] = r }
         } else if IdentityKeys.isIdentityKey(kv.key) {
             if let r = try? IdentityRecord.decode(key: kv.key, value: kv.value) { identityLabelsByNumber[r.number] = r.labels }
+        } else if kv.key.hasPrefix(StoreKeys.policies) {
+            if let p = try? dec.decode(PolicyObject.self, from: data) { policyObjects[kv.key] = p }
         }
     }
 
@@ -253,6 +262,8 @@ public actor Agent {
             if let ip = IPv4Address(key.dropFirst(StoreKeys.ipcache.count)) { ipcacheRecords[ip] = nil }
         } else if let n = IdentityKeys.number(inIdentityKey: key) {
             identityLabelsByNumber[n] = nil
+        } else if key.hasPrefix(StoreKeys.policies) {
+            policyObjects[key] = nil
         }
     }
 

@@ -12,6 +12,9 @@ struct LocalState: Codable, Sendable {
     var nextEndpointID: UInt32 = 1
     /// Each endpoint's resolved policy, by endpoint id.
     var policies: [UInt32: EndpointPolicy] = [:]
+    /// Endpoints whose policy was set through the API (tests, debugging): the policy
+    /// engine leaves them alone.
+    var pinnedPolicies: Set<UInt32> = []
 }
 
 /// Reads and atomically rewrites the state file.

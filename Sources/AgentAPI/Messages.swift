@@ -1,3 +1,4 @@
+import Foundation
 import Model
 
 /// The agent's local API: one JSON request per line on a unix socket, one JSON reply per
@@ -30,10 +31,29 @@ public enum AgentRequest: Codable, Sendable {
     case bpfDump(kind: BPFDumpKind, endpointID: UInt32?)
     /// Datapath events with a sequence number above `after`, oldest first.
     case events(after: UInt64, limit: Int)
+    /// Policy objects (NetworkPolicy, CiliumNetworkPolicy, ...) as JSON under their store key.
+    case policyPut(key: String, json: Data)
+    case policyDelete(key: String)
+    case policyExplain(from: String, to: String, port: UInt16?, proto: UInt8)
+    case policyGet(endpoint: String)
 }
 
 public enum ListKind: String, Codable, Sendable {
-    case pods, nodes, namespaces
+    case pods, nodes, namespaces, policies
+}
+
+/// `fathom policy explain`: the verdict and what decided it.
+public struct PolicyExplanation: Codable, Sendable, Equatable {
+    public var allowed: Bool
+    public var text: String
+    public var decidedBy: [String]
+    public var defaultDenyBy: [String]
+    public init(allowed: Bool, text: String, decidedBy: [String], defaultDenyBy: [String]) {
+        self.allowed = allowed
+        self.text = text
+        self.decidedBy = decidedBy
+        self.defaultDenyBy = defaultDenyBy
+    }
 }
 
 public struct EndpointRef: Codable, Sendable, Hashable {
@@ -169,6 +189,7 @@ public enum AgentReply: Codable, Sendable {
     case namespaces([NamespaceRecord])
     case table(Table)
     case events([MonitorEvent])
+    case explanation(PolicyExplanation)
     case failure(APIFailure)
 }
 

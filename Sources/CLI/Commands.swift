@@ -11,7 +11,7 @@ public struct Fathom: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "fathom",
         abstract: "Kubernetes networking, security and observability on eBPF.",
-        subcommands: [Status.self, Apply.self, Delete.self, Get.self, BPF.self, Monitor.self, LabCommand.self])
+        subcommands: [Status.self, Apply.self, Delete.self, Get.self, PolicyCommand.self, BPF.self, Monitor.self, LabCommand.self])
 
     public init() {}
 
@@ -104,6 +104,9 @@ struct Apply: ParsableCommand {
             case .namespace(let ns):
                 try lab.change(.namespaceApply(ns))
                 print("namespace/\(ns.name) configured")
+            case .policy(let p):
+                try lab.change(.policyPut(key: p.storeKey, json: try JSONEncoder().encode(p)))
+                print("\(p.kind.rawValue.lowercased())/\(p.name) configured")
             }
         }
     }
@@ -122,6 +125,9 @@ struct Delete: ParsableCommand {
             case .namespace(let ns):
                 try lab.change(.namespaceDelete(name: ns.name))
                 print("namespace/\(ns.name) deleted")
+            case .policy(let p):
+                try lab.change(.policyDelete(key: p.storeKey))
+                print("\(p.kind.rawValue.lowercased())/\(p.name) deleted")
             }
         }
     }
@@ -131,7 +137,7 @@ struct Get: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "List objects: namespaces, nodes, pods.")
     @OptionGroup var labOptions: LabOptions
     @OptionGroup var nodeOptions: NodeOptions
-    @Argument(help: "Kind: namespaces (ns), nodes, pods.") var kind: String
+    @Argument(help: "Kind: namespaces (ns), nodes, pods, networkpolicies (netpol), ciliumnetworkpolicies (cnp), ciliumclusterwidenetworkpolicies (ccnp).") var kind: String
     @Option(name: .shortAndLong, help: "Output format: text or json.") var output: OutputFormat = .text
 
     func listKind() throws -> ListKind {
@@ -139,7 +145,9 @@ struct Get: ParsableCommand {
         case "namespace", "namespaces", "ns": .namespaces
         case "node", "nodes": .nodes
         case "pod", "pods", "po": .pods
-        default: throw ValidationError("unknown kind '\(kind)'; use namespaces, nodes or pods")
+        case "networkpolicy", "networkpolicies", "netpol", "ciliumnetworkpolicy", "ciliumnetworkpolicies", "cnp",
+             "ciliumclusterwidenetworkpolicy", "ciliumclusterwidenetworkpolicies", "ccnp": .policies
+        default: throw ValidationError("unknown kind '\(kind)'; use namespaces, nodes, pods, networkpolicies, ciliumnetworkpolicies or ciliumclusterwidenetworkpolicies")
         }
     }
 
@@ -161,6 +169,17 @@ struct Get: ParsableCommand {
             if output == .json { return try printJSON(list) }
             print("NAMESPACE\tNAME\tNODE\tIP\tLABELS")
             for p in list { print("\(p.namespace)\t\(p.name)\t\(p.node ?? "-")\t\(p.ip.map(\.description) ?? "-")\t\(labelText(p.labels))") }
+        case .table(let t):
+            let wanted: String? = switch kind.lowercased() {
+            case "networkpolicy", "networkpolicies", "netpol": "NetworkPolicy"
+            case "ciliumnetworkpolicy", "ciliumnetworkpolicies", "cnp": "CiliumNetworkPolicy"
+            case "ciliumclusterwidenetworkpolicy", "ciliumclusterwidenetworkpolicies", "ccnp": "CiliumClusterwideNetworkPolicy"
+            default: nil
+            }
+            let rows = t.rows.filter { wanted == nil || $0.first == wanted }
+            let shown = Table(header: t.header, rows: rows)
+            if output == .json { return try printJSON(shown) }
+            printTable(shown)
         default:
             throw ValidationError("unexpected reply")
         }

@@ -1,12 +1,14 @@
 import Foundation
 import Yams
 import Model
+import Policy
 
 /// A manifest file: multi-document YAML or JSON. A file is accepted whole or not at all:
 /// every document is checked before anything is applied, and an error names the file,
 /// the document, the field and what to do.
 public enum Manifest: Equatable, Sendable {
     case namespace(NamespaceRecord)
+    case policy(PolicyObject)
 
     public struct Problem: Error, CustomStringConvertible, Equatable {
         public let file: String
@@ -16,7 +18,8 @@ public enum Manifest: Equatable, Sendable {
         public var description: String { "\(file): document \(document): \(field): \(reason)" }
     }
 
-    public static let supportedKinds = ["v1 Namespace"]
+    public static let supportedKinds = ["v1 Namespace", "networking.k8s.io/v1 NetworkPolicy", "cilium.io/v2 CiliumNetworkPolicy",
+                                        "cilium.io/v2 CiliumClusterwideNetworkPolicy"]
 
     public static func parse(_ text: String, file: String) throws -> [Manifest] {
         let docs: [Any?]
@@ -50,6 +53,12 @@ public enum Manifest: Equatable, Sendable {
             return .namespace(NamespaceRecord(name: name, labels: labels))
         case (_, "Namespace"):
             throw problem("apiVersion", "Namespace is in apiVersion v1, not \(apiVersion)")
+        case (_, "NetworkPolicy"), (_, "CiliumNetworkPolicy"), (_, "CiliumClusterwideNetworkPolicy"):
+            do {
+                return .policy(try PolicyManifest.parse(obj, file: file, document: index))
+            } catch let e as PolicyParseError {
+                throw Problem(file: e.file, document: e.document, field: e.field, reason: e.reason)
+            }
         default:
             throw problem("kind", "\(apiVersion) \(kind) is not supported yet; supported: \(supportedKinds.joined(separator: ", "))")
         }

@@ -337,3 +337,21 @@ extension NodeDatapath {
         return try program.testRun(packet: packet, context: context)
     }
 }
+
+/// How full one map is: the limit users can see before they hit it.
+public struct MapUsage: Sendable, Hashable {
+    public var name: String
+    public var entries: Int
+    public var capacity: Int
+}
+
+extension NodeDatapath {
+    public func mapUsage() throws -> [MapUsage] {
+        [
+            MapUsage(name: ipcache.name, entries: try ipcache.keys(as: IPCacheKeyRaw.self).count, capacity: ipcache.spec.maxEntries),
+            MapUsage(name: endpoints.name, entries: try endpoints.keys(as: EndpointKeyRaw.self).count, capacity: endpoints.spec.maxEntries),
+            MapUsage(name: policy.name, entries: try policy.keys(as: PolicyKeyRaw.self).count, capacity: policy.spec.maxEntries),
+            MapUsage(name: conntrack.name, entries: try conntrack.keys(as: CTKeyRaw.self).count, capacity: conntrack.spec.maxEntries),
+        ]
+    }
+}

@@ -114,6 +114,11 @@ public struct IPCacheRecord: Codable, Sendable, Equatable {
 }
 
 extension StoreKeys {
+    /// Policy objects: `/fathom/policies/<Kind>/<namespace or _>/<name>`.
+    public static let policies = "/fathom/policies/"
+    public static func policy(kind: String, namespace: String?, name: String) -> String {
+        policies + "\(kind)/\(namespace ?? "_")/\(name)"
+    }
     public static let ipcache = "/fathom/ipcache/"
     public static func ipcache(_ ip: IPv4Address) -> String { ipcache + ip.description }
 }
