@@ -17,8 +17,8 @@ extension Agent {
         let cidrs = cidrIdentities
         // Named ports of remote pods, by identity (egress rules with a port name).
         var ports: [UInt32: [String: NamedPort]] = [:]
-        for r in ipcacheRecords.values {
-            guard let pod = pods.values.first(where: { $0.ip == r.ip }) else { continue }
+        for pod in pods.values where !pod.ports.isEmpty {
+            guard let ip = pod.ip, let r = ipcacheRecords[ip] else { continue }
             for p in pod.ports { if let n = p.name { ports[r.identity, default: [:]][n] = NamedPort(p) } }
         }
         let frozen = ports
@@ -40,11 +40,18 @@ extension Agent {
     /// so a rule never refers to an identity the datapath cannot produce.
     func reconcilePolicies() {
         let objects = Array(policyObjects.values)
-        // CIDR identities for every prefix any policy names (released when none does).
+        // CIDR identities for every prefix any policy names, except holes included
+        // (released when none does).
         var wanted = Set<IPv4Prefix>()
-        for ep in state.endpoints where ep.ready {
-            guard let view = endpointView(ep) else { continue }
-            wanted.formUnion(PolicyResolver.resolve(policies: objects, endpoint: view, universe: universe()).cidrPrefixes)
+        for o in objects {
+            for spec in o.specs {
+                for rule in spec.rules {
+                    for case .cidr(let prefix, let except) in rule.peers {
+                        wanted.insert(prefix)
+                        wanted.formUnion(except)
+                    }
+                }
+            }
         }
         for p in wanted where cidrIdentities.number(for: p) == nil { _ = try? cidrIdentities.acquire(p) }
         for p in cidrIdentities.allocated.keys where !wanted.contains(p) { _ = cidrIdentities.release(p) }
