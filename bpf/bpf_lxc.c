@@ -3,11 +3,15 @@
  * from-container (tcx ingress): everything the pod sends. Checks the source is
  * the pod, the pod's egress policy, and for a pod on this node also the
  * destination's ingress policy, then delivers it straight into that pod
- * (bpf_redirect_peer) or hands it to the kernel's routing (remote pods, node,
- * outside). ARP always passes; other non-IPv4 traffic is dropped.
+ * (bpf_redirect_peer). Anything else (remote pods, node addresses, outside) is
+ * forwarded by the program on the kernel FIB's word (bpf_fib_lookup, then
+ * bpf_redirect / bpf_redirect_neigh to the egress device, lib/fib.h); what the
+ * FIB does not forward (the node's own addresses, unreachable, ...) goes up the
+ * stack. ARP always passes; other non-IPv4 traffic is dropped.
  *
  * to-container (tcx egress): what the kernel stack delivers to the pod (from the
- * node itself, or routed); redirected traffic never gets here.
+ * node itself, or routed, or redirected here by another pod's from-container);
+ * traffic redirected into a pod (bpf_redirect_peer) never gets here.
  */
 #include "lib/common.h"
 #include "lib/ipcache.h"
@@ -16,6 +20,7 @@
 #include "lib/conntrack.h"
 #include "lib/events.h"
 #include "lib/ingress.h"
+#include "lib/fib.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -46,8 +51,12 @@ static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct fth
 	ret = ct_and_policy(c, src, dst, &trace);
 	if (ret)
 		return drop(skb, c, ret, c->direction);
-	if (!dst)
-		return forward(skb, c, trace, TC_ACT_OK);
+	if (!dst) {
+		ret = fib_forward_ipv4(skb, &c->flow);
+		if (ret < 0)
+			return drop(skb, c, -ret, FTH_DIR_EGRESS);
+		return forward(skb, c, trace, ret);
+	}
 	ret = endpoint_deliver(skb, dst);
 	if (ret < 0)
 		return drop(skb, c, -ret, FTH_DIR_INGRESS);

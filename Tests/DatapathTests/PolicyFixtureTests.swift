@@ -75,7 +75,8 @@ struct PolicyFixtureTests {
             PolicyEntry(key: PolicyKey(remoteIdentity: Fixture.remoteIdentity, direction: .egress,
                                        proto: IPProtocol.tcp, port: 8080), verdict: .allow, ruleRef: 3),
         ], delete: [])
-        // a -> remote pod: egress allowed, handed to the kernel's routing.
+        // a -> remote pod: egress allowed. Its ingress device (9001) is not in this namespace,
+        // so the FIB cannot say where it goes: the stack routes it (HostRoutingTests: with a FIB).
         #expect(try f.fromContainer(pod, packet(pod.ip, Fixture.remotePod).tcp(sport: 41000, dport: 8080)).verdict == TC.ok)
         // The reply arrives from the uplink: no ingress policy, but conntrack knows it.
         let reply = try f.fromNetdev(packet(Fixture.remotePod, pod.ip).tcp(sport: 8080, dport: 41000, flags: 0x12))

@@ -127,6 +127,29 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct fth_flow *f)
 	}
 }
 
+/* Decrements the IPv4 TTL as a router does and fixes the header checksum
+ * incrementally. Returns 0, or a drop reason (TTL_EXCEEDED when the packet may not
+ * be forwarded: TTL <= 1). Packet pointers are invalid afterwards. */
+static __always_inline int ipv4_dec_ttl(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_HLEN;
+
+	if ((void *)(ip + 1) > data_end)
+		return FTH_DROP_INVALID_PACKET;
+	if (ip->ttl <= 1)
+		return FTH_DROP_TTL_EXCEEDED;
+
+	__u16 *ttl_word = (__u16 *)&ip->ttl;    /* ttl and protocol: one checksum word */
+	__u16 old = *ttl_word;
+	ip->ttl--;
+	__u16 new = *ttl_word;
+	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 2) < 0)
+		return FTH_DROP_ERROR_WRITING_TO_PACKET;
+	return 0;
+}
+
 static __always_inline int in_pod_cidr(__u32 addr)
 {
 	return (addr & fth_pod_cidr_mask) == fth_pod_cidr;

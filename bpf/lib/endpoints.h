@@ -42,23 +42,19 @@ static __always_inline struct endpoint_info *endpoint_lookup(__u32 addr)
  * decremented as a router would, then straight into the pod's namespace. */
 static __always_inline int endpoint_deliver(struct __sk_buff *skb, const struct endpoint_info *ep)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
+	void *data, *data_end;
+	struct ethhdr *eth;
+	int ret;
 
-	if ((void *)(ip + 1) > data_end)
+	ret = ipv4_dec_ttl(skb);
+	if (ret)
+		return -ret;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
 		return -FTH_DROP_INVALID_PACKET;
-	if (ip->ttl <= 1)
-		return -FTH_DROP_TTL_EXCEEDED;
 	__builtin_memcpy(eth->h_dest, ep->pod_mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, ep->host_mac, ETH_ALEN);
-
-	__u16 *ttl_word = (__u16 *)&ip->ttl;
-	__u16 old = *ttl_word;
-	ip->ttl--;
-	__u16 new = *ttl_word;
-	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 2) < 0)
-		return -FTH_DROP_ERROR_WRITING_TO_PACKET;
 	return bpf_redirect_peer(ep->ifindex, 0);
 }

@@ -1,0 +1,83 @@
+/* Forwarding a pod's packet that is not for a pod on this node (another node's
+ * pod, a node address, outside) without the kernel stack's forwarding path, as
+ * Cilium's eBPF host routing does: the kernel's FIB says where it goes, the
+ * program rewrites it as a router would (TTL, MACs) and hands it straight to the
+ * egress device.
+ *
+ *   SUCCESS   the next hop's MAC is known: MACs rewritten, bpf_redirect().
+ *   NO_NEIGH  the next hop is not resolved yet: bpf_redirect_neigh() with the
+ *             FIB's next hop (the neighbour subsystem resolves it and fills the
+ *             Ethernet header).
+ *   anything else (NOT_FWDED: a local address such as the node or router IP, or
+ *             broadcast; unreachable, prohibit, blackhole, forwarding disabled,
+ *             fragmentation needed, lwt encapsulation, an error): TC_ACT_OK, the
+ *             stack handles it as before (delivers it locally, or answers with
+ *             the right ICMP error).
+ *
+ * A packet with TTL <= 1 also goes to the stack, which sends ICMP time exceeded.
+ * Returns a TC verdict (>= 0) or a negative drop reason.
+ */
+#pragma once
+#include "common.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+
+static __always_inline int fib_forward_ipv4(struct __sk_buff *skb, const struct fth_flow *f)
+{
+	struct bpf_fib_lookup fib = {};
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	int rc, ret;
+
+	if ((void *)(ip + 1) > data_end)
+		return -FTH_DROP_INVALID_PACKET;
+	if (ip->ttl <= 1)
+		return TC_ACT_OK;
+
+	fib.family = AF_INET;
+	fib.tos = ip->tos;
+	fib.l4_protocol = ip->protocol;
+	if (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP) {
+		fib.sport = bpf_htons(f->sport);
+		fib.dport = bpf_htons(f->dport);
+	}
+	/* tot_len 0: the kernel checks the egress MTU against the skb itself
+	 * (is_skb_forwardable, which knows GSO packets) */
+	fib.tot_len = 0;
+	fib.ifindex = skb->ingress_ifindex;
+	fib.ipv4_src = ip->saddr;
+	fib.ipv4_dst = ip->daddr;
+
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return TC_ACT_OK;
+
+	ret = ipv4_dec_ttl(skb);
+	if (ret)
+		return -ret;
+
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		/* fib.ipv4_dst is now the gateway of the route (or still the
+		 * destination when it is on-link) */
+		struct bpf_redir_neigh nh = {
+			.nh_family = AF_INET,
+			.ipv4_nh = fib.ipv4_dst,
+		};
+		if (fib.family != AF_INET)      /* IPv6 next hop: the kernel finds it */
+			return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
+		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+	}
+
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return -FTH_DROP_INVALID_PACKET;
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	return bpf_redirect(fib.ifindex, 0);
+}
