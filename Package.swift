@@ -101,6 +101,7 @@ let package = Package(
             swiftSettings: swift6),
         .executableTarget(name: "fathom-cni", dependencies: ["CNI"], swiftSettings: swift6),
 
+        .executableTarget(name: "policy-bench", dependencies: ["Policy", "Identity", "Model", "AgentAPI"], path: "bench/PolicyBench", swiftSettings: swift6),
         // ---- Tests ---------------------------------------------------------------------
         .testTarget(name: "IPAMTests", dependencies: ["IPAM"], swiftSettings: swift6),
         .testTarget(name: "IdentityTests", dependencies: ["Identity", "ClusterStore", "Model"], swiftSettings: swift6),
