@@ -287,23 +287,7 @@ extension Agent {
     }
 
     func record(_ e: DatapathEvent) {
-        let reasonText: String = switch e.kind {
-        case .drop: e.dropReason?.message ?? "drop \(e.reasonCode)"
-        case .trace: e.traceReason.map { "\($0)" } ?? "trace \(e.reasonCode)"
-        }
-        let point: String = switch e.observationPoint {
-        case .fromContainer: "from-container"
-        case .toContainer: "to-container"
-        case .fromNetdev: "from-netdev"
-        case nil: "unknown"
-        }
-        recentEvents.append { sequence in MonitorEvent(sequence: sequence, time: Date().timeIntervalSince1970,
-                             kind: e.kind == .drop ? "drop" : "trace", reason: Int(e.reasonCode), reasonText: reasonText,
-                             observationPoint: point, direction: e.direction.map { "\($0)" } ?? "unknown",
-                             source: e.source, destination: e.destination, sourcePort: e.sourcePort,
-                             destinationPort: e.destinationPort, proto: e.proto, tcpFlags: e.tcpFlags,
-                             sourceIdentity: e.sourceIdentity, destinationIdentity: e.destinationIdentity,
-                             endpointID: e.endpointID, ruleRef: e.ruleRef, ifindex: e.ifindex) }
+        recentEvents.append(e)
     }
 
     func events(after: UInt64, limit: Int) -> [MonitorEvent] {

@@ -73,7 +73,7 @@ func makeAgent(_ name: String, index: Int?, store: any KVStore, dir: String? = n
 }
 
 import AgentAPI
-import Datapath
+@testable import Datapath
 
 @Suite struct DenyPrecedenceTests {
     func entries(_ rules: [PolicyRule]) -> [PolicyKey: PolicyEntry] {
@@ -117,5 +117,29 @@ import Datapath
             PolicyRule(remoteIdentity: 300, direction: .ingress, proto: 17, verdict: .deny, ruleRef: 2),
         ])
         #expect(e[PolicyKey(remoteIdentity: 300, direction: .ingress, proto: 6, port: 80)]?.verdict == .allow)
+    }
+}
+
+@Suite struct EventRingTests {
+    func event(_ port: UInt16) -> DatapathEvent {
+        var bytes = [UInt8](repeating: 0, count: 56)
+        bytes[0] = 1      // drop
+        bytes[1] = 133
+        var e = bytes.withUnsafeBytes { DatapathEvent(bytes: $0) }!
+        e.destinationPort = port
+        return e
+    }
+
+    @Test func keepsTheNewestAndCountsEverything() {
+        var ring = EventRing(capacity: 4)
+        for p in 1...10 { ring.append(event(UInt16(p))) }
+        #expect(ring.newest == 10)
+        let all = ring.events(after: 0, limit: 100)
+        #expect(all.map(\.sequence) == [7, 8, 9, 10], "only the last 4 are kept")
+        #expect(all.map(\.destinationPort) == [7, 8, 9, 10])
+        #expect(all.first?.kind == "drop" && all.first?.reason == 133)
+        #expect(ring.events(after: 8, limit: 100).map(\.sequence) == [9, 10])
+        #expect(ring.events(after: 0, limit: 2).map(\.sequence) == [7, 8])
+        #expect(ring.events(after: 10, limit: 5).isEmpty)
     }
 }
