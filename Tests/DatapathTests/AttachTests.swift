@@ -8,22 +8,6 @@ import Testing
 import Glibc
 #endif
 
-/// Runs a command, throws with its output when it fails.
-@discardableResult
-private func sh(_ args: String...) throws -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = args
-    let pipe = Pipe()
-    p.standardOutput = pipe
-    p.standardError = pipe
-    try p.run()
-    let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    p.waitUntilExit()
-    struct CommandFailed: Error, CustomStringConvertible { var description: String }
-    if p.terminationStatus != 0 { throw CommandFailed(description: "\(args.joined(separator: " ")): \(out)") }
-    return out
-}
 
 /// A real attachment: a node namespace and a pod namespace joined by a veth; the
 /// pod's host veth gets from/to-container through pinned tcx links; a packet the pod
@@ -38,21 +22,21 @@ struct AttachTests {
         let hostIf = "fth\(tag)h"
         let pins = "/sys/fs/bpf/fathom-test-attach-\(tag)"
         defer {
-            _ = try? sh("ip", "netns", "del", node)
-            _ = try? sh("ip", "netns", "del", pod)
+            _ = try? shell("ip", "netns", "del", node)
+            _ = try? shell("ip", "netns", "del", pod)
             try? NodeDatapath.removePins(at: pins)
         }
-        try sh("ip", "netns", "add", node)
-        try sh("ip", "netns", "add", pod)
-        try sh("ip", "-n", node, "link", "add", hostIf, "type", "veth", "peer", "name", "eth0", "netns", pod)
-        try sh("ip", "-n", node, "addr", "add", "10.42.1.1/24", "dev", hostIf)
-        try sh("ip", "-n", node, "link", "set", hostIf, "up")
-        try sh("ip", "-n", pod, "addr", "add", "10.42.1.10/24", "dev", "eth0")
-        try sh("ip", "-n", pod, "link", "set", "eth0", "up")
-        try sh("ip", "-n", pod, "link", "set", "lo", "up")
+        try shell("ip", "netns", "add", node)
+        try shell("ip", "netns", "add", pod)
+        try shell("ip", "-n", node, "link", "add", hostIf, "type", "veth", "peer", "name", "eth0", "netns", pod)
+        try shell("ip", "-n", node, "addr", "add", "10.42.1.1/24", "dev", hostIf)
+        try shell("ip", "-n", node, "link", "set", hostIf, "up")
+        try shell("ip", "-n", pod, "addr", "add", "10.42.1.10/24", "dev", "eth0")
+        try shell("ip", "-n", pod, "link", "set", "eth0", "up")
+        try shell("ip", "-n", pod, "link", "set", "lo", "up")
 
         func link(_ ns: String, _ dev: String) throws -> (Int32, MACAddress) {
-            let out = try sh("ip", "-n", ns, "-o", "link", "show", dev)
+            let out = try shell("ip", "-n", ns, "-o", "link", "show", dev)
             let index = Int32(out.split(separator: ":")[0])!
             let mac = out.components(separatedBy: "link/ether ")[1].split(separator: " ")[0]
             return (index, MACAddress(String(mac))!)
@@ -75,7 +59,7 @@ struct AttachTests {
 
         let events = dp.events()
         // The pod sends UDP to its gateway: ARP passes, the datagram meets default deny.
-        try sh("ip", "netns", "exec", pod, "python3", "-c",
+        try shell("ip", "netns", "exec", pod, "python3", "-c",
                "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'hello', ('10.42.1.1', 9999))")
 
         let drop = try await firstEvent(events, within: .seconds(3)) { $0.kind == .drop && $0.destinationPort == 9999 }

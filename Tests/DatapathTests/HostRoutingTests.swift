@@ -9,22 +9,6 @@ import Synchronization
 import Glibc
 #endif
 
-/// Runs a command, throws with its output when it fails.
-@discardableResult
-private func shell(_ args: String...) throws -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = args
-    let pipe = Pipe()
-    p.standardOutput = pipe
-    p.standardError = pipe
-    try p.run()
-    let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    p.waitUntilExit()
-    struct CommandFailed: Error, CustomStringConvertible { var description: String }
-    if p.terminationStatus != 0 { throw CommandFailed(description: "\(args.joined(separator: " ")): \(out)") }
-    return out
-}
 
 private func linkInfo(_ ns: String, _ dev: String) throws -> (index: Int32, mac: MACAddress) {
     let out = try shell("ip", "-n", ns, "-o", "link", "show", dev)
