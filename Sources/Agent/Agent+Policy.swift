@@ -12,7 +12,10 @@ extension Agent {
     func universe() -> IdentityUniverse {
         var byNumber = identityLabelsByNumber
         for ep in state.endpoints where ep.identity != 0 {
-            if let l = endpointLabels[ep.id] { byNumber[ep.identity] = l }
+            if let l = endpointLabels[ep.id] {
+                byNumber[ep.identity] = l
+                selectorCache.identityAdded(ep.identity, labels: l)   // before its record arrives
+            }
         }
         let cidrs = cidrIdentities
         // Named ports of remote pods, by identity (egress rules with a port name).
@@ -24,7 +27,7 @@ extension Agent {
         let frozen = ports
         return IdentityUniverse(identities: byNumber,
                                 cidrIdentity: { prefix in cidrs.number(for: prefix) ?? 0 },
-                                namedPorts: { frozen[$0] ?? [:] })
+                                namedPorts: { frozen[$0] ?? [:] }, selectorCache: selectorCache)
     }
 
     func endpointView(_ ep: EndpointInfo) -> EndpointView? {

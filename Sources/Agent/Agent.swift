@@ -72,6 +72,7 @@ public actor Agent {
     var policyObjects: [String: PolicyObject] = [:]
     var cidrIdentities = CIDRIdentityAllocator()
     var ruleOrigins: [UInt32: RuleOrigin] = [:]
+    let selectorCache = SelectorCache()
     var pinnedPolicies: Set<UInt32> { state.pinnedPolicies }
 
     public init(config: AgentConfig, store: any KVStore, logger: Logger) throws {
@@ -212,6 +213,7 @@ public actor Agent {
             nodes = [:]; alive = []; pods = [:]; namespaces = [:]; ipcacheRecords = [:]; identityLabelsByNumber = [:]
             policyObjects = [:]
             for kv in items { applyPut(kv) }
+            selectorCache.replaceAll(identityLabelsByNumber)
             snapshotApplied = true
             revision = r
         case .events(let events, let r):
@@ -243,7 +245,10 @@ public actor Agent {
         } else if kv.key.hasPrefix(StoreKeys.ipcache) {
             if let r = try? dec.decode(IPCacheRecord.self, from: data) { ipcacheRecords[r.ip] = r }
         } else if IdentityKeys.isIdentityKey(kv.key) {
-            if let r = try? IdentityRecord.decode(key: kv.key, value: kv.value) { identityLabelsByNumber[r.number] = r.labels }
+            if let r = try? IdentityRecord.decode(key: kv.key, value: kv.value) {
+                identityLabelsByNumber[r.number] = r.labels
+                selectorCache.identityAdded(r.number, labels: r.labels)
+            }
         } else if kv.key.hasPrefix(StoreKeys.policies) {
             if let p = try? dec.decode(PolicyObject.self, from: data) { policyObjects[kv.key] = p }
         }
@@ -262,6 +267,7 @@ public actor Agent {
             if let ip = IPv4Address(key.dropFirst(StoreKeys.ipcache.count)) { ipcacheRecords[ip] = nil }
         } else if let n = IdentityKeys.number(inIdentityKey: key) {
             identityLabelsByNumber[n] = nil
+            selectorCache.identityRemoved(n)
         } else if key.hasPrefix(StoreKeys.policies) {
             policyObjects[key] = nil
         }

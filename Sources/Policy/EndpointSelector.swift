@@ -4,7 +4,7 @@ import Identity
 /// of requirements, all of which must hold). Keys may carry a Cilium source prefix:
 /// `k8s:app` matches only labels from source `k8s`; `any:app` and a bare `app` match a label
 /// of any source.
-public struct EndpointSelector: Codable, Sendable, Equatable {
+public struct EndpointSelector: Codable, Sendable, Hashable {
     public var requirements: [LabelRequirement]
 
     public init(_ requirements: [LabelRequirement] = []) { self.requirements = requirements }
@@ -26,7 +26,7 @@ public struct EndpointSelector: Codable, Sendable, Equatable {
     }
 }
 
-public struct LabelRequirement: Codable, Sendable, Equatable {
+public struct LabelRequirement: Codable, Sendable, Hashable {
     public enum Operator: String, Codable, Sendable, CaseIterable {
         case `in` = "In", notIn = "NotIn", exists = "Exists", doesNotExist = "DoesNotExist"
     }

@@ -57,12 +57,23 @@ public struct IdentityUniverse: Sendable {
     public var cidrIdentity: @Sendable (IPv4Prefix) -> UInt32
     /// The named ports of the pods of an identity (resolves port names of egress rules).
     public var namedPorts: @Sendable (UInt32) -> [String: NamedPort]
+    /// Selector matches kept across resolutions (the agent's); nil matches afresh. It must
+    /// know the same identities as `identities`.
+    public var selectorCache: SelectorCache?
 
     public init(identities: [UInt32: LabelSet], cidrIdentity: @escaping @Sendable (IPv4Prefix) -> UInt32,
-                namedPorts: @escaping @Sendable (UInt32) -> [String: NamedPort] = { _ in [:] }) {
+                namedPorts: @escaping @Sendable (UInt32) -> [String: NamedPort] = { _ in [:] },
+                selectorCache: SelectorCache? = nil) {
         self.identities = identities
         self.cidrIdentity = cidrIdentity
         self.namedPorts = namedPorts
+        self.selectorCache = selectorCache
+    }
+
+    /// The identities a selector matches, through the cache when there is one.
+    func matching(_ selector: EndpointSelector) -> Set<UInt32> {
+        if let selectorCache { return selectorCache.matching(selector) }
+        return Set(identities.filter { selector.matches($0.value) }.keys)
     }
 }
 
@@ -234,7 +245,7 @@ public enum PolicyResolver {
             case .any:
                 return [0]
             case .endpoints(let sel):
-                var out = Set(universe.identities.filter { isCluster($0.key) && sel.matches($0.value) }.keys)
+                var out = universe.matching(sel).filter(isCluster)
                 if sel.namesReserved {
                     for r in ReservedIdentity.allCases where sel.matches(r.labels) { out.insert(r.rawValue) }
                 }
