@@ -110,7 +110,7 @@ let package = Package(
         .testTarget(name: "ModelTests", dependencies: ["Model", "CLI"], swiftSettings: swift6),
         .testTarget(name: "ClusterStoreTests", dependencies: ["ClusterStore", "TestSupport"], swiftSettings: swift6),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "TestSupport"], swiftSettings: swift6),
-        .testTarget(name: "DatapathTests", dependencies: ["Datapath", "BPF", "Model"], swiftSettings: swift6),
+        .testTarget(name: "DatapathTests", dependencies: ["Datapath", "BPF", "Model", "Netlink"], swiftSettings: swift6),
         .testTarget(name: "AgentTests", dependencies: ["Agent", "ClusterStore", "AgentAPI", "Model", "Datapath"], swiftSettings: swift6),
         .testTarget(name: "LabTests", dependencies: ["LabKit", "TestSupport", "Model", "Netlink", "Agent", "AgentAPI"], swiftSettings: swift6),
     ]

@@ -141,7 +141,3 @@ int fth_bpf_mount_bpffs(const char *path)
     return mount("bpf", path, "bpf", 0, NULL) == 0 ? 0 : -errno;
 }
 
-int fth_bpf_setns_net(int fd)
-{
-    return setns(fd, CLONE_NEWNET) == 0 ? 0 : -errno;
-}

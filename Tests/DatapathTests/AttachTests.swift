@@ -2,6 +2,7 @@ import BPF
 import Datapath
 import Foundation
 import Model
+import Netlink
 import Testing
 
 #if canImport(Glibc)
@@ -50,7 +51,7 @@ struct AttachTests {
         let ep = EndpointEntry(id: 7, ip: IPv4Address(10, 42, 1, 10), identity: 4242, hostIfindex: hostIndex,
                                podMAC: podMAC, hostMAC: hostMAC, ingressEnforced: false, egressEnforced: true)
         // tcx resolves the ifindex in the caller's namespace: attach from inside the node's.
-        try NetworkNamespaceThread.run(inNamespaceAt: "/run/netns/\(node)") {
+        try NetworkNamespace.run(inNamespaceAt: "/run/netns/\(node)") {
             try dp.attachEndpoint(ep)
             try dp.attachEndpoint(ep)   // idempotent: updates the pinned links
         }
@@ -71,7 +72,7 @@ struct AttachTests {
         #expect(d.ifindex == UInt32(hostIndex))
         #expect(try dp.counters().contains { $0.reason == 133 && $0.packets >= 1 })
 
-        try NetworkNamespaceThread.run(inNamespaceAt: "/run/netns/\(node)") {
+        try NetworkNamespace.run(inNamespaceAt: "/run/netns/\(node)") {
             try dp.removeEndpoint(id: ep.id, ip: ep.ip, hostIfindex: hostIndex)
         }
         #expect(!FileManager.default.fileExists(atPath: "\(pins)/links/lxc7_\(hostIndex)_in"))

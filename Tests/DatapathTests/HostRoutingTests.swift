@@ -2,6 +2,7 @@ import BPF
 import Datapath
 import Foundation
 import Model
+import Netlink
 import Testing
 import Synchronization
 
@@ -90,8 +91,8 @@ struct HostRoutingTests {
             return ep
         }
 
-        func run<T>(_ body: @escaping () throws -> T) throws -> T {
-            try NetworkNamespaceThread.run(inNamespaceAt: "/run/netns/\(name)", body)
+        func run<T: Sendable>(_ body: () throws -> T) throws -> T {
+            try NetworkNamespace.run(inNamespaceAt: "/run/netns/\(name)", body)
         }
     }
 
@@ -246,7 +247,7 @@ struct HostRoutingAttachTests {
                                podMAC: podMAC, hostMAC: host.mac, ingressEnforced: false, egressEnforced: false)
         try dp.upsertIPCache(IPv4Prefix(IPv4Address(10, 42, 2, 20), 32), identity: 4301,
                              tunnelEndpoint: IPv4Address(192, 168, 77, 3))
-        try NetworkNamespaceThread.run(inNamespaceAt: "/run/netns/\(node)") {
+        try NetworkNamespace.run(inNamespaceAt: "/run/netns/\(node)") {
             try dp.attachEndpoint(ep)
             try dp.attachUplink(ifindex: uplink.index)
         }

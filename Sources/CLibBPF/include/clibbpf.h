@@ -42,8 +42,6 @@ uint32_t fth_bpf_link_prog_id(int link_fd);
 int fth_bpf_is_bpffs(const char *path);
 int fth_bpf_mount_bpffs(const char *path);
 
-/* setns(fd, CLONE_NEWNET) for the calling thread. 0 or -errno. */
-int fth_bpf_setns_net(int fd);
 
 /* errno of the calling thread. */
 int fth_bpf_errno(void);
