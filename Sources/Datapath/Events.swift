@@ -29,6 +29,8 @@ public struct DatapathEvent: Sendable, Hashable {
     public var endpointID: UInt32
     public var ruleRef: UInt32
     public var length: UInt32
+    /// The source the packet left with after NAT (nil: not translated).
+    public var translatedSource: IPv4Address?
 
     static let size = 56
 
@@ -54,5 +56,7 @@ public struct DatapathEvent: Sendable, Hashable {
         endpointID = u32(40)
         ruleRef = u32(44)
         length = u32(48)
+        let xlated = u32(52)
+        translatedSource = xlated == 0 ? nil : IPv4Address(wire: xlated)
     }
 }

@@ -12,6 +12,7 @@ enum MapName {
     static let conntrack = "fth_ct4_v1"
     static let events = "fth_events_v1"
     static let metrics = "fth_metrics_v1"
+    static let lost = "fth_lost_v1"
 }
 
 /// Program names (the C functions).

@@ -24,6 +24,7 @@ public final class NodeDatapath: @unchecked Sendable {
     let conntrack: Map
     let eventsMap: Map
     let metrics: Map
+    let lost: Map
     let fromContainer: Program
     let toContainer: Program
     let fromNetdev: Program
@@ -48,6 +49,7 @@ public final class NodeDatapath: @unchecked Sendable {
         conntrack = try lxc.map(MapName.conntrack)
         eventsMap = try lxc.map(MapName.events)
         metrics = try lxc.map(MapName.metrics)
+        lost = try lxc.map(MapName.lost)
         fromContainer = try lxc.program(ProgramName.fromContainer)
         toContainer = try lxc.program(ProgramName.toContainer)
         fromNetdev = try host.program(ProgramName.fromNetdev)
@@ -264,6 +266,12 @@ public final class NodeDatapath: @unchecked Sendable {
     }
 
     // MARK: counters
+
+    /// Events the programs could not put in the ring because it was full, since the
+    /// maps were created (summed over CPUs; survives agent restarts with the pins).
+    public func lostEvents() throws -> UInt64 {
+        try lost.lookupPerCPU(UInt32(0), as: UInt64.self)?.reduce(0, &+) ?? 0
+    }
 
     public func counters() throws -> [CounterEntry] {
         try metrics.keys(as: MetricsKeyRaw.self).compactMap { k in

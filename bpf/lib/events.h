@@ -41,7 +41,7 @@ struct fth_event {
 	__u32 endpoint_id;      /* local endpoint concerned, 0 = none */
 	__u32 rule_ref;
 	__u32 pkt_len;
-	__u32 pad;
+	__u32 xlated_saddr;     /* source after NAT (network order), 0 = not translated */
 };
 
 /* Written by the programs; drained by the agent. */
@@ -49,6 +49,15 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
 } fth_events_v1 SEC(".maps");
+
+/* Events that found the ring full: one per-CPU counter, read by the agent and
+ * reported as LostEvent records (nothing is lost silently). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} fth_lost_v1 SEC(".maps");
 
 struct metrics_key {
 	__u8  reason;           /* 0 forwarded, else drop reason */
@@ -92,6 +101,7 @@ struct fth_ctx {
 	__u32 dst_identity;
 	__u32 endpoint_id;
 	__u32 rule_ref;
+	__u32 xlated_saddr;     /* set by NAT: the source the packet leaves with */
 	__u8  obs_point;
 	__u8  direction;
 };
@@ -101,8 +111,14 @@ static __always_inline void emit_event(struct __sk_buff *skb, const struct fth_c
 {
 	struct fth_event *e = bpf_ringbuf_reserve(&fth_events_v1, sizeof(*e), 0);
 
-	if (!e)
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&fth_lost_v1, &zero);
+
+		if (lost)
+			*lost += 1;
 		return;
+	}
 	e->type = type;
 	e->reason = reason;
 	e->obs_point = c->obs_point;
@@ -121,7 +137,7 @@ static __always_inline void emit_event(struct __sk_buff *skb, const struct fth_c
 	e->endpoint_id = c->endpoint_id;
 	e->rule_ref = c->rule_ref;
 	e->pkt_len = skb->len;
-	e->pad = 0;
+	e->xlated_saddr = c->xlated_saddr;
 	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 }
 
