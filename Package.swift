@@ -54,6 +54,30 @@ let package = Package(
             ],
             swiftSettings: swift6),
 
+        // ---- Observability (Hubble's Observer API, flows, metrics) ----------------------
+        .target(
+            name: "ObserveProto",
+            dependencies: [
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+            ],
+            swiftSettings: swift6),
+        .target(
+            name: "Observe",
+            dependencies: [
+                "ObserveProto", "Model",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swift6),
+        // ---- end of observability entries ----------------------------------------------
+
         // ---- Control plane -------------------------------------------------------------
         .target(name: "Model", swiftSettings: swift6),
         .target(name: "IPAM", dependencies: ["Model"], swiftSettings: swift6),
@@ -70,7 +94,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "Model", "IPAM", "AgentAPI", "ClusterStore", "Netlink", "Identity", "Datapath", "Policy",
+                "Model", "IPAM", "AgentAPI", "ClusterStore", "Netlink", "Identity", "Datapath", "Policy", "Observe",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swift6),
@@ -82,7 +106,7 @@ let package = Package(
         .target(
             name: "CLI",
             dependencies: [
-                "Model", "AgentAPI", "LabKit", "Policy",
+                "Model", "AgentAPI", "LabKit", "Policy", "Observe", "ObserveProto",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
             ],
@@ -112,6 +136,7 @@ let package = Package(
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "TestSupport"], swiftSettings: swift6),
         .testTarget(name: "DatapathTests", dependencies: ["Datapath", "BPF", "Model", "Netlink"], swiftSettings: swift6),
         .testTarget(name: "AgentTests", dependencies: ["Agent", "ClusterStore", "AgentAPI", "Model", "Datapath"], swiftSettings: swift6),
-        .testTarget(name: "LabTests", dependencies: ["LabKit", "TestSupport", "Model", "Netlink", "Agent", "AgentAPI"], swiftSettings: swift6),
+        .testTarget(name: "ObserveTests", dependencies: ["Observe", "ObserveProto", "CLI", "Model"], swiftSettings: swift6),
+        .testTarget(name: "LabTests", dependencies: ["LabKit", "TestSupport", "Model", "Netlink", "Agent", "AgentAPI", "Observe", "ObserveProto"], swiftSettings: swift6),
     ]
 )

@@ -18,6 +18,12 @@ public struct LabPaths: Sendable {
     public var pinRoot: String { "/sys/fs/bpf/fathom/\(lab)" }
     public func nodeDirectory(_ node: String) -> String { runDirectory + "/" + node }
     public func agentSocket(_ node: String) -> String { nodeDirectory(node) + "/agent.sock" }
+    /// The node agent's Hubble Observer API (gRPC over a unix socket).
+    public func hubbleSocket(_ node: String) -> String { nodeDirectory(node) + "/hubble.sock" }
+    /// The node agent's Prometheus metrics, served on this TCP port of the node's address.
+    public static let metricsPort = 9962
+    /// The node agent's Hubble Observer API on TCP, at the node's address.
+    public static let hubblePort = 4244
     public func pinDirectory(_ node: String) -> String { pinRoot + "/" + node }
 
     public var routerNetns: String { "\(lab)-router" }
@@ -275,12 +281,16 @@ public struct Lab: Sendable {
         guard let n = LabAddresses.nodeIndex(node) else { throw LabError("unknown node \(node)") }
         let dir = paths.nodeDirectory(node)
         try? FileManager.default.removeItem(atPath: paths.agentSocket(node))
+        try? FileManager.default.removeItem(atPath: paths.hubbleSocket(node))
         return try Processes.spawnDetached(
             netns: NetworkNamespace.path(paths.nodeNetns(node)),
             argv: [Processes.binary("fathom-agent"), "--node", node, "--node-ip", LabAddresses.node(n).description,
                    "--etcd", "\(LabAddresses.underlayRouter):\(LabAddresses.etcdPort)", "--pod-cidr-index", "\(n)",
                    "--state-dir", dir + "/state", "--socket", paths.agentSocket(node), "--lab", name,
-                   "--pin-dir", paths.pinDirectory(node)] + (withDatapath ? [] : ["--no-datapath"]),
+                   "--pin-dir", paths.pinDirectory(node),
+                   "--hubble-socket", paths.hubbleSocket(node),
+                   "--hubble-listen-address", "\(LabAddresses.node(n)):\(LabPaths.hubblePort)",
+                   "--metrics-address", "\(LabAddresses.node(n)):\(LabPaths.metricsPort)"] + (withDatapath ? [] : ["--no-datapath"]),
             log: dir + "/agent.log")
     }
 

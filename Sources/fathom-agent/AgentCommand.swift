@@ -20,6 +20,10 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Name of the lab this agent belongs to, if any (for logs).") var lab: String?
     @Option(help: "bpffs folder for this node's pinned maps and links.") var pinDir = "/sys/fs/bpf/fathom/node"
     @Flag(help: "Run the control plane without loading the eBPF datapath (kernel routing only).") var noDatapath = false
+    @Option(help: "Unix socket of the Hubble Observer API (gRPC).") var hubbleSocket: String?
+    @Option(help: "Also serve the Hubble Observer API on TCP, host:port (Hubble's port is 4244).") var hubbleListenAddress: String?
+    @Option(help: "Flows kept in the observer's ring (Hubble's default 4095).") var hubbleRingCapacity = 4095
+    @Option(help: "Serve Prometheus metrics on http://host:port/metrics.") var metricsAddress: String?
 
     func validate() throws {
         guard IPv4Address(nodeIP) != nil else { throw ValidationError("--node-ip '\(nodeIP)' is not an IPv4 address") }
