@@ -94,7 +94,8 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "Model", "IPAM", "AgentAPI", "ClusterStore", "Netlink", "Identity", "Datapath", "Policy", "Observe",
+                "Model", "IPAM", "AgentAPI", "ClusterStore", "Netlink", "Identity", "Datapath", "Policy", "Observe", "ObserveProto",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swift6),
@@ -118,7 +119,7 @@ let package = Package(
         .executableTarget(
             name: "fathom-agent",
             dependencies: [
-                "Agent",
+                "Agent", "Observe",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -136,7 +137,15 @@ let package = Package(
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "TestSupport"], swiftSettings: swift6),
         .testTarget(name: "DatapathTests", dependencies: ["Datapath", "BPF", "Model", "Netlink"], swiftSettings: swift6),
         .testTarget(name: "AgentTests", dependencies: ["Agent", "ClusterStore", "AgentAPI", "Model", "Datapath"], swiftSettings: swift6),
-        .testTarget(name: "ObserveTests", dependencies: ["Observe", "ObserveProto", "CLI", "Model"], swiftSettings: swift6),
+        .testTarget(
+            name: "ObserveTests",
+            dependencies: [
+                "Observe", "ObserveProto", "CLI", "Model",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            swiftSettings: swift6),
         .testTarget(name: "LabTests", dependencies: ["LabKit", "TestSupport", "Model", "Netlink", "Agent", "AgentAPI", "Observe", "ObserveProto"], swiftSettings: swift6),
     ]
 )

@@ -95,7 +95,7 @@ extension Agent {
                            router: state.podCIDR?.address(at: 1), ready: ready, health: health,
                            endpoints: state.endpoints, nodes: peers, appliedRevision: appliedRevision,
                            addressesInUse: state.pool?.inUse ?? 0, addressCapacity: state.pool?.capacity ?? 0,
-                           pid: getpid(), eventsDecoded: recentEvents.newest)
+                           pid: getpid(), eventsDecoded: recentEvents.withLock { $0.newest })
     }
 
     // MARK: endpoints

@@ -278,20 +278,8 @@ extension Agent {
 
     // MARK: events and maintenance
 
-    /// Keeps the most recent datapath events for `fathom monitor`.
-    public func runEvents() async {
-        guard let datapath else { return }
-        for await e in datapath.events() {
-            record(e)
-        }
-    }
-
-    func record(_ e: DatapathEvent) {
-        recentEvents.append(e)
-    }
-
     func events(after: UInt64, limit: Int) -> [MonitorEvent] {
-        recentEvents.events(after: after, limit: max(1, min(limit, recentEvents.capacity)))
+        recentEvents.withLock { $0.events(after: after, limit: max(1, min(limit, $0.capacity))) }
     }
 
     /// Expired conntrack entries and unused identities are collected here.

@@ -65,6 +65,7 @@ extension Agent {
             guard let view = endpointView(ep) else { continue }
             let r = PolicyResolver.resolve(policies: objects, endpoint: view, universe: u)
             for (ref, origin) in r.rules { ruleOrigins[ref] = origin }
+            enforcedBy[ep.id] = (r.ingressEnforcedBy, r.egressEnforcedBy)
             guard state.policies[ep.id] != r.policy else { continue }
             do {
                 try setEndpointPolicy(ep.id, r.policy, pinned: false)
@@ -80,6 +81,7 @@ extension Agent {
         guard !pinnedPolicies.contains(ep.id), let view = endpointView(ep) else { return }
         let r = PolicyResolver.resolve(policies: Array(policyObjects.values), endpoint: view, universe: universe())
         for (ref, origin) in r.rules { ruleOrigins[ref] = origin }
+        enforcedBy[ep.id] = (r.ingressEnforcedBy, r.egressEnforcedBy)
         state.policies[ep.id] = r.policy
     }
 

@@ -1,4 +1,6 @@
 import Foundation
+import Synchronization
+import Observe
 import Logging
 import Model
 import IPAM
@@ -26,6 +28,8 @@ public struct AgentConfig: Sendable {
     /// bpffs folder of the node's pinned maps and links; nil runs without a datapath
     /// (unit tests of the control plane).
     public var pinDirectory: String?
+    /// Flows kept for the Observer API (Hubble's default).
+    public var flowRingCapacity = 4095
 
     public init(nodeName: String, nodeAddress: IPv4Address, preferredCIDRIndex: Int?, stateDirectory: String,
                 socketPath: String, etcdEndpoint: String) {
@@ -68,7 +72,15 @@ public actor Agent {
     var ipcacheRecords: [IPv4Address: IPCacheRecord] = [:]
     var identityLabelsByNumber: [UInt32: LabelSet] = [:]
     var endpointLabels: [UInt32: LabelSet] = [:]
-    var recentEvents = EventRing(capacity: 8192)
+    /// Raw datapath events for `fathom monitor` (written by the events task, not the actor).
+    let recentEvents = Mutex(EventRing(capacity: 8192))
+    /// Flows for the Hubble Observer API.
+    public nonisolated let flows: FlowRing
+    /// What decoding an event into a flow needs, republished after every store update.
+    let flowContext = Mutex(FlowContext())
+    let observeStats = Mutex(ObserveStats())
+    /// Local endpoint → display names of the policies that make each direction default-deny.
+    var enforcedBy: [UInt32: (ingress: [String], egress: [String])] = [:]
     var policyObjects: [String: PolicyObject] = [:]
     var cidrIdentities = CIDRIdentityAllocator()
     var ruleOrigins: [UInt32: RuleOrigin] = [:]
@@ -83,6 +95,7 @@ public actor Agent {
         self.stateFile = StateFile(path: config.stateDirectory + "/state.json")
         self.state = try stateFile.load()
         self.identities = IdentityAllocator(store: store, node: config.nodeName, logger: logger)
+        self.flows = FlowRing(capacity: config.flowRingCapacity)
     }
 
     static func now() -> Double { Date().timeIntervalSince1970 }
@@ -193,6 +206,7 @@ public actor Agent {
                     // so a command that waits for it sees the change enforced.
                     await reconcileIdentities()
                     reconcilePolicies()
+                    publishFlowContext()
                     appliedRevision = max(appliedRevision, revision)
                     backoff = 100_000_000
                 }

@@ -32,6 +32,7 @@ public final class NodeDatapath: @unchecked Sendable {
     private var linkDirectory: String { config.pinDirectory + "/links" }
     private let subscribers = Mutex<[Int: AsyncStream<DatapathEvent>.Continuation]>([:])
     private let nextSubscriber = Atomic<Int>(0)
+    private let queueDropped = Atomic<UInt64>(0)
     private let readerLock = Mutex<RingBufferReader?>(nil)
     /// Serialises map writes that read first (lockdown, endpoint updates).
     private let writeLock = Mutex<Void>(())
@@ -325,8 +326,16 @@ public final class NodeDatapath: @unchecked Sendable {
 
     private func dispatch(_ event: DatapathEvent) {
         flushBuffer.withLock { $0?.append(event) }
-        subscribers.withLock { subs in subs.values.forEach { $0.yield(event) } }
+        subscribers.withLock { subs in
+            for s in subs.values {
+                if case .dropped = s.yield(event) { queueDropped.wrappingAdd(1, ordering: .relaxed) }
+            }
+        }
     }
+
+    /// Events read from the ring that a subscriber's queue had no room for (it fell
+    /// 65,536 events behind): counted so that they are reported, never lost silently.
+    public var eventsDroppedFromQueues: UInt64 { queueDropped.load(ordering: .relaxed) }
 }
 
 extension NodeDatapath {

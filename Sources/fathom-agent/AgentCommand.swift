@@ -5,6 +5,7 @@ import Model
 import Agent
 import AgentAPI
 import ClusterStore
+import Observe
 
 @main
 struct AgentCommand: AsyncParsableCommand {
@@ -27,6 +28,15 @@ struct AgentCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard IPv4Address(nodeIP) != nil else { throw ValidationError("--node-ip '\(nodeIP)' is not an IPv4 address") }
+        if let a = hubbleListenAddress, ObserverAddress(a) == nil {
+            throw ValidationError("--hubble-listen-address '\(a)' is not host:port or unix:///path")
+        }
+        if let a = metricsAddress, case .tcp? = ObserverAddress(a) {} else if let a = metricsAddress {
+            throw ValidationError("--metrics-address '\(a)' is not host:port")
+        }
+        guard (1...1_048_575).contains(hubbleRingCapacity) else {
+            throw ValidationError("--hubble-ring-capacity \(hubbleRingCapacity) is out of range: use 1 to 1048575 (Hubble's default is 4095)")
+        }
     }
 
     func run() async throws {
@@ -38,6 +48,7 @@ struct AgentCommand: AsyncParsableCommand {
                                  stateDirectory: stateDir, socketPath: socket, etcdEndpoint: etcd)
         config.uplink = uplink
         config.pinDirectory = noDatapath ? nil : pinDir
+        config.flowRingCapacity = hubbleRingCapacity
         let store = try EtcdStore(endpoint: etcd, logger: log)
         let agent = try Agent(config: config, store: store, logger: log)
 
@@ -75,10 +86,32 @@ struct AgentCommand: AsyncParsableCommand {
             nonisolated(unsafe) let keep = sources
             cont.onTermination = { _ in keep.forEach { $0.cancel() } }
         }
+        let serviceLog = log
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await agent.runWatch() }
             group.addTask { await agent.runHeartbeat() }
             group.addTask { await agent.runEvents() }
+            group.addTask { await agent.runLostEvents() }
+            let observerAddresses = [hubbleSocket.map { ObserverAddress.unix($0) }, hubbleListenAddress.flatMap(ObserverAddress.init)]
+                .compactMap { $0 }
+            if !observerAddresses.isEmpty {
+                let service = ObserverService(ring: agent.flows, directory: AgentObserverDirectory(agent: agent, nodeName: node),
+                                              compile: ObserverService.hubbleFilters)
+                let observer = ObserverServer(service: service, addresses: observerAddresses)
+                group.addTask {
+                    do { try await observer.run() } catch {
+                        serviceLog.error("observer API stopped", metadata: ["error": "\(error)", "addresses": "\(observerAddresses)"])
+                    }
+                }
+            }
+            if let m = metricsAddress, case .tcp(let host, let port)? = ObserverAddress(m) {
+                let metrics = MetricsServer(host: host, port: port) { await agent.metricsText() }
+                group.addTask {
+                    do { try await metrics.run() } catch {
+                        serviceLog.error("metrics endpoint stopped", metadata: ["error": "\(error)", "address": "\(m)"])
+                    }
+                }
+            }
             group.addTask { await agent.runMaintenance() }
             for await s in signals {
                 log.info("shutting down; programs, routes and endpoints stay", metadata: ["signal": "\(s)"])

@@ -55,7 +55,7 @@ struct fth_flow {
 	__u8  proto;
 	__u8  tcp_flags;
 	__u8  ttl;
-	__u8  pad;
+	__u8  icmp_type;        /* ICMP only: the message type (for flows) */
 	__u32 len;
 };
 
@@ -81,6 +81,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct fth_flow *f)
 	f->proto = ip->protocol;
 	f->ttl = ip->ttl;
 	f->tcp_flags = 0;
+	f->icmp_type = 0;
 	f->sport = 0;
 	f->dport = 0;
 	f->len = skb->len;
@@ -116,6 +117,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct fth_flow *f)
 		if ((void *)(c + 8) > data_end)
 			return FTH_DROP_CT_INVALID_HEADER;
 		__u16 id = bpf_ntohs(*(__u16 *)(c + 4));
+		f->icmp_type = c[0];
 		if (c[0] == 8)          /* echo request */
 			f->sport = id;
 		else if (c[0] == 0)     /* echo reply */

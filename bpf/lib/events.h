@@ -36,7 +36,7 @@ struct fth_event {
 	__u16 sport;            /* host order */
 	__u16 dport;
 	__u8  proto;
-	__u8  tcp_flags;
+	__u8  tcp_flags;        /* TCP: the header's flags; ICMP: the message type */
 	__u16 verdict;          /* TC_ACT_* returned */
 	__u32 endpoint_id;      /* local endpoint concerned, 0 = none */
 	__u32 rule_ref;
@@ -132,7 +132,7 @@ static __always_inline void emit_event(struct __sk_buff *skb, const struct fth_c
 	e->sport = c->flow.sport;
 	e->dport = c->flow.dport;
 	e->proto = c->flow.proto;
-	e->tcp_flags = c->flow.tcp_flags;
+	e->tcp_flags = c->flow.proto == IPPROTO_ICMP ? c->flow.icmp_type : c->flow.tcp_flags;
 	e->verdict = verdict;
 	e->endpoint_id = c->endpoint_id;
 	e->rule_ref = c->rule_ref;

@@ -1,0 +1,111 @@
+import Synchronization
+import SwiftProtobuf
+import ObserveProto
+
+/// The most recent flows (and lost-event records) of one node, numbered, in a ring of fixed
+/// capacity, as Hubble's ring buffer: appending never blocks and never allocates once the
+/// ring is full; the oldest entry is overwritten.
+///
+/// Readers keep a cursor (a sequence number). A reader that falls behind by more than the
+/// capacity has lost entries: `read(after:)` tells it how many, so the server can say so in
+/// a `LostEvent` (HUBBLE_RING_BUFFER) instead of skipping them silently.
+public final class FlowRing: Sendable {
+    public let capacity: Int
+
+    private struct State {
+        var slots: [Observer_GetFlowsResponse?]
+        /// Sequence number of the newest entry; entries are numbered from 1.
+        var newest: UInt64 = 0
+        var waiters: [Int: AsyncStream<Void>.Continuation] = [:]
+        var nextWaiter = 0
+    }
+
+    private let state: Mutex<State>
+
+    public init(capacity: Int = 4095) {
+        precondition(capacity > 0, "a flow ring needs room for at least one flow")
+        self.capacity = capacity
+        state = Mutex(State(slots: Array(repeating: nil, count: capacity)))
+    }
+
+    /// Entries ever appended (Hubble's `seen_flows`, lost-event records included).
+    public var seen: UInt64 { state.withLock { $0.newest } }
+
+    /// Entries held now (Hubble's `num_flows`).
+    public var count: Int { state.withLock { Int(min($0.newest, UInt64(capacity))) } }
+
+    public func append(_ entry: Observer_GetFlowsResponse) {
+        let waiters = state.withLock { s -> [AsyncStream<Void>.Continuation] in
+            s.newest += 1
+            s.slots[Int(s.newest % UInt64(capacity))] = entry
+            return Array(s.waiters.values)
+        }
+        for w in waiters { w.yield() }
+    }
+
+    /// The oldest sequence number still held (newest + 1 when empty).
+    public var oldest: UInt64 {
+        state.withLock { s in s.newest >= UInt64(capacity) ? s.newest - UInt64(capacity) + 1 : 1 }
+    }
+
+    /// Entries numbered above `cursor`, oldest first, at most `limit`; and how many entries
+    /// after `cursor` were overwritten before this read (0 when the reader kept up).
+    public func read(after cursor: UInt64, limit: Int = .max) -> (entries: [(UInt64, Observer_GetFlowsResponse)], lost: UInt64) {
+        state.withLock { s in
+            let oldest = s.newest >= UInt64(capacity) ? s.newest - UInt64(capacity) + 1 : 1
+            let start = max(cursor + 1, oldest)
+            let lost = start > cursor + 1 ? start - cursor - 1 : 0
+            guard start <= s.newest else { return ([], lost) }
+            let end = min(s.newest, start &+ UInt64(max(0, limit - 1)))
+            var out: [(UInt64, Observer_GetFlowsResponse)] = []
+            out.reserveCapacity(Int(end - start + 1))
+            for seq in start...end {
+                if let e = s.slots[Int(seq % UInt64(capacity))] { out.append((seq, e)) }
+            }
+            return (out, lost)
+        }
+    }
+
+    /// The newest sequence number (0: nothing appended yet).
+    public var newest: UInt64 { state.withLock { $0.newest } }
+
+    /// A stream that yields whenever entries are appended (coalesced: one wake-up may stand
+    /// for many entries). Finishing the stream's consumer unregisters it.
+    public func changes() -> AsyncStream<Void> {
+        let (stream, cont) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let id = state.withLock { s -> Int in
+            s.nextWaiter += 1
+            s.waiters[s.nextWaiter] = cont
+            return s.nextWaiter
+        }
+        cont.onTermination = { [weak self] _ in
+            _ = self?.state.withLock { $0.waiters.removeValue(forKey: id) }
+        }
+        return stream
+    }
+}
+
+extension Observer_GetFlowsResponse {
+    /// A response carrying one flow, stamped with its node and time as Hubble does.
+    public static func flow(_ flow: Flow_Flow) -> Self {
+        var r = Self()
+        r.flow = flow
+        r.nodeName = flow.nodeName
+        r.time = flow.time
+        return r
+    }
+
+    /// A response reporting lost events.
+    public static func lost(_ source: Flow_LostEventSource, count: UInt64, cpu: Int32? = nil,
+                            node: String, time: Google_Protobuf_Timestamp) -> Self {
+        var e = Flow_LostEvent()
+        e.source = source
+        e.numEventsLost = count
+        if let cpu { e.cpu = Google_Protobuf_Int32Value(cpu) }
+        var r = Self()
+        r.lostEvents = e
+        r.nodeName = node
+        r.time = time
+        return r
+    }
+}
