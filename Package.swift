@@ -146,6 +146,11 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             swiftSettings: swift6),
-        .testTarget(name: "LabTests", dependencies: ["LabKit", "TestSupport", "Model", "Netlink", "Agent", "AgentAPI", "Observe", "ObserveProto"], swiftSettings: swift6),
+        .testTarget(name: "LabTests", dependencies: [
+                "LabKit", "TestSupport", "Model", "Netlink", "Agent", "AgentAPI", "Observe", "ObserveProto",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+            ],
+            swiftSettings: swift6),
     ]
 )
