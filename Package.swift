@@ -126,6 +126,14 @@ let package = Package(
             swiftSettings: swift6),
         .executableTarget(name: "fathom-cni", dependencies: ["CNI"], swiftSettings: swift6),
 
+        .executableTarget(
+            name: "observe-bench",
+            dependencies: [
+                "ObserveProto",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+            ],
+            path: "bench/ObserveBench", swiftSettings: swift6),
         .executableTarget(name: "policy-bench", dependencies: ["Policy", "Identity", "Model", "AgentAPI"], path: "bench/PolicyBench", swiftSettings: swift6),
         // ---- Tests ---------------------------------------------------------------------
         .testTarget(name: "IPAMTests", dependencies: ["IPAM"], swiftSettings: swift6),

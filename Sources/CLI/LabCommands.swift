@@ -16,10 +16,16 @@ struct LabCommand: ParsableCommand {
         @OptionGroup var labOptions: LabOptions
         @Option(help: "Number of nodes (1-9).") var nodes = 2
         @Flag(help: "Agents without the eBPF datapath: kernel routing only (the baseline of benchmarks).") var noDatapath = false
-        func validate() throws { guard (1...9).contains(nodes) else { throw ValidationError("--nodes must be 1 to 9") } }
+        @Option(help: "Flows each agent's observer keeps (default 4095, as Hubble).") var hubbleRingCapacity: Int?
+        func validate() throws {
+            guard (1...9).contains(nodes) else { throw ValidationError("--nodes must be 1 to 9") }
+            if let c = hubbleRingCapacity, !(1...1_048_575).contains(c) {
+                throw ValidationError("--hubble-ring-capacity \(c) is out of range: use 1 to 1048575")
+            }
+        }
         func run() throws {
             let lab = try labOptions.open()
-            try lab.up(nodes: nodes, datapath: !noDatapath) { print($0) }
+            try lab.up(nodes: nodes, datapath: !noDatapath, flowRingCapacity: hubbleRingCapacity) { print($0) }
             print("lab \(lab.name) is up with \(nodes) nodes")
         }
     }

@@ -80,6 +80,8 @@ public struct LabState: Codable, Sendable {
     public var externalEchoPID: Int32?
     /// Agents run without the eBPF datapath (kernel routing only): the baseline of benchmarks.
     public var noDatapath: Bool = false
+    /// Flows each agent's observer keeps (nil: the agent's default, 4095).
+    public var flowRingCapacity: Int?
 
     public func node(_ name: String) -> Node? { nodes.first { $0.name == name } }
     public func pod(_ key: String) -> Pod? { pods.first { "\($0.namespace)/\($0.name)" == key } }
@@ -161,7 +163,7 @@ public struct Lab: Sendable {
         return sock
     }
 
-    public func up(nodes count: Int, datapath: Bool = true, log: (String) -> Void) throws {
+    public func up(nodes count: Int, datapath: Bool = true, flowRingCapacity: Int? = nil, log: (String) -> Void) throws {
         guard (1...9).contains(count) else { throw LabError("--nodes must be 1 to 9") }
         guard !FileManager.default.fileExists(atPath: paths.stateFile) else {
             throw LabError("lab \(name) is already up (fathom lab down --lab \(name) first)")
@@ -178,7 +180,7 @@ public struct Lab: Sendable {
         }
         do {
             try FileManager.default.createDirectory(atPath: paths.runDirectory, withIntermediateDirectories: true)
-            try buildUp(count: count, datapath: datapath, log: log)
+            try buildUp(count: count, datapath: datapath, flowRingCapacity: flowRingCapacity, log: log)
         } catch {
             log("lab up failed: \(error); removing what was made")
             down(log: { _ in })
@@ -186,7 +188,7 @@ public struct Lab: Sendable {
         }
     }
 
-    func buildUp(count: Int, datapath: Bool, log: (String) -> Void) throws {
+    func buildUp(count: Int, datapath: Bool, flowRingCapacity: Int?, log: (String) -> Void) throws {
         // The router joins the underlay bridge and the external side.
         let router = try makeNamespace(paths.routerNetns)
         try router.addBridge(name: "br0")
@@ -219,6 +221,7 @@ public struct Lab: Sendable {
                    "--log-level", "warn"],
             log: paths.runDirectory + "/etcd.log")
         var state = LabState(name: name, nodes: [], pods: [], etcdPID: etcdPID, externalEchoPID: nil, noDatapath: !datapath)
+        state.flowRingCapacity = flowRingCapacity
         try saveState(state)
         try waitFor("etcd on \(url)", timeout: 20) {
             if case .answered = try Prober.probe(fromNetns: NetworkNamespace.path(paths.routerNetns), to: LabAddresses.underlayRouter,
@@ -277,7 +280,9 @@ public struct Lab: Sendable {
     }
 
     func startAgent(_ node: String, datapath: Bool? = nil) throws -> Int32 {
-        let withDatapath = try datapath ?? !loadState().noDatapath
+        let labState = try loadState()
+        let withDatapath = datapath ?? !labState.noDatapath
+        let ring = labState.flowRingCapacity.map { ["--hubble-ring-capacity", "\($0)"] } ?? []
         guard let n = LabAddresses.nodeIndex(node) else { throw LabError("unknown node \(node)") }
         let dir = paths.nodeDirectory(node)
         try? FileManager.default.removeItem(atPath: paths.agentSocket(node))
@@ -290,7 +295,7 @@ public struct Lab: Sendable {
                    "--pin-dir", paths.pinDirectory(node),
                    "--hubble-socket", paths.hubbleSocket(node),
                    "--hubble-listen-address", "\(LabAddresses.node(n)):\(LabPaths.hubblePort)",
-                   "--metrics-address", "\(LabAddresses.node(n)):\(LabPaths.metricsPort)"] + (withDatapath ? [] : ["--no-datapath"]),
+                   "--metrics-address", "\(LabAddresses.node(n)):\(LabPaths.metricsPort)"] + ring + (withDatapath ? [] : ["--no-datapath"]),
             log: dir + "/agent.log")
     }
 
