@@ -32,9 +32,9 @@ enum LabSupport {
 final class TestLab: @unchecked Sendable {
     let name: String
 
-    init(tag: String, nodes: Int = 2) throws {
+    init(tag: String, nodes: Int = 2, upArguments: [String] = []) throws {
         name = LabSupport.uniqueLab(tag)
-        let out = try LabSupport.fathom(["lab", "up", "--lab", name, "--nodes", "\(nodes)"])
+        let out = try LabSupport.fathom(["lab", "up", "--lab", name, "--nodes", "\(nodes)"] + upArguments)
         guard out.status == 0 else {
             let logs = (try? String(contentsOfFile: "/run/fathom/\(name)/node1/agent.log", encoding: .utf8)) ?? ""
             _ = try? LabSupport.fathom(["lab", "down", "--lab", name])

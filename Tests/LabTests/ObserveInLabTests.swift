@@ -3,6 +3,7 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import Model
+import Netlink
 import ObserveProto
 @testable import LabKit
 
@@ -149,6 +150,82 @@ extension LabTests {
         #expect((after["fathom_flows_processed_total{type=\"Drop\",verdict=\"DROPPED\"}"] ?? 0) >= 2)
         #expect(after.keys.contains { $0.hasPrefix("fathom_bpf_map_entries{map=\"fth_pol4_v1\"}") })
         #expect((after["fathom_agent_resident_memory_bytes"] ?? 0) > 1_000_000)
+    }
+
+    /// A flood of denied datagrams: every drop is an event; whatever the agent cannot keep
+    /// up with is reported as LostEvent records, so decoded + lost = dropped exactly.
+    @Test func eventsTheAgentCannotKeepUpWithAreReportedAsLost() async throws {
+        let t = try TestLab(tag: "lost", nodes: 1, upArguments: ["--hubble-ring-capacity", "65535"])
+        defer { t.down() }
+        try t.must(["lab", "pod", "add", "default/srv", "--node", "node1", "--labels", "app=srv"])
+        try t.must(["lab", "pod", "add", "default/cli", "--node", "node1", "--labels", "app=cli"])
+        try t.must(["apply", "-f", "-"], input: """
+        apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
+        metadata: {name: srv-closed, namespace: default}
+        spec:
+          podSelector: {matchLabels: {app: srv}}
+          policyTypes: [Ingress]
+        """)
+        let state = try t.lab.loadState()
+        let srv = state.pods.first { $0.name == "srv" }!.ip.description
+        let cli = state.pods.first { $0.name == "cli" }!
+
+        // A sender in the pod: python's socket loop, as fast as one core allows, for 2 s.
+        let flood = try Processes.run(["/usr/bin/nsenter", "--net=" + NetworkNamespace.path(cli.netns), "/usr/bin/env", "python3", "-c", """
+        import socket, time
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        end, n = time.monotonic() + 2, 0
+        while time.monotonic() < end:
+            for _ in range(200):
+                try: s.sendto(b'x' * 16, ('\(srv)', 9999)); n += 1
+                except OSError: pass
+        print(n)
+        """])
+        #expect(flood.status == 0, "\(flood.stderr)")
+
+        let dropKey = "fathom_drop_count_total{reason=\"POLICY_DENIED\",direction=\"INGRESS\"}"
+        let decodedKey = "fathom_flows_processed_total{type=\"Drop\",verdict=\"DROPPED\"}"
+        let lostKeys = ["fathom_lost_events_total{source=\"perf_event_ring_buffer\"}",
+                        "fathom_lost_events_total{source=\"observer_events_queue\"}"]
+        var m: [String: Double] = [:]
+        var accounted = -1.0
+        for _ in 0..<40 {   // until the agent has drained and counted everything
+            try await Task.sleep(nanoseconds: 500_000_000)
+            m = Self.parsePrometheus(try Self.metrics(t, node: "node1", address: "192.168.101.101"))
+            let now = (m[decodedKey] ?? 0) + lostKeys.reduce(0) { $0 + (m[$1] ?? 0) }
+            if now == (m[dropKey] ?? -1) || now == accounted { break }
+            accounted = now
+        }
+        let dropped = m[dropKey] ?? 0
+        let decoded = m[decodedKey] ?? 0
+        let lost = lostKeys.reduce(0) { $0 + (m[$1] ?? 0) }
+        #expect(dropped > 1000, "the flood was dropped by policy: \(flood.stdout)")
+        #expect(decoded + lost == dropped, "decoded \(decoded) + lost \(lost) must equal dropped \(dropped)")
+
+        // The LostEvent records on the Observer API say the same.
+        let path = LabPaths(lab: t.name).hubbleSocket("node1")
+        let (reported, status) = try await withGRPCClient(transport: try .http2NIOPosix(target: .unixDomainSocket(path: path), transportSecurity: .plaintext)) { client in
+            let observer = Observer_Observer.Client(wrapping: client)
+            let status = try await observer.serverStatus(Observer_ServerStatusRequest())
+            let n = try await observer.getFlows(Observer_GetFlowsRequest()) { response in
+                var n: UInt64 = 0
+                for try await r in response.messages {
+                    if case .lostEvents(let e) = r.responseTypes {
+                        #expect(e.source == .perfEventRingBuffer || e.source == .observerEventsQueue)
+                        n += e.numEventsLost
+                    }
+                }
+                return n
+            }
+            return (n, status)
+        }
+        if status.seenFlows <= status.maxFlows {
+            #expect(Double(reported) == lost, "LostEvent records in the ring add up to the lost counters")
+        } else {
+            // The ring wrapped: the oldest records are gone, the rest cannot exceed the count.
+            #expect(Double(reported) <= lost)
+        }
     }
 }
 }
