@@ -138,7 +138,7 @@ let package = Package(
         // ---- Tests ---------------------------------------------------------------------
         .testTarget(name: "IPAMTests", dependencies: ["IPAM"], swiftSettings: swift6),
         .testTarget(name: "IdentityTests", dependencies: ["Identity", "ClusterStore", "Model"], swiftSettings: swift6),
-        .testTarget(name: "PolicyTests", dependencies: ["Policy", "Identity", "Model", "AgentAPI"], swiftSettings: swift6),
+        .testTarget(name: "PolicyTests", dependencies: ["Policy", "Identity", "Model", "AgentAPI", .product(name: "Yams", package: "Yams")], swiftSettings: swift6),
         .testTarget(name: "CNITests", dependencies: ["CNI", "AgentAPI"], swiftSettings: swift6),
         .testTarget(name: "ModelTests", dependencies: ["Model", "CLI"], swiftSettings: swift6),
         .testTarget(name: "ClusterStoreTests", dependencies: ["ClusterStore", "TestSupport"], swiftSettings: swift6),

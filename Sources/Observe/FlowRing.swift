@@ -38,7 +38,7 @@ public final class FlowRing: Sendable {
         let waiters = state.withLock { s -> [AsyncStream<Void>.Continuation] in
             s.newest += 1
             s.slots[Int(s.newest % UInt64(capacity))] = entry
-            return Array(s.waiters.values)
+            return s.waiters.isEmpty ? [] : Array(s.waiters.values)
         }
         for w in waiters { w.yield() }
     }
