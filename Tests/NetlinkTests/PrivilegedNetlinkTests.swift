@@ -42,6 +42,27 @@ struct PrivilegedNetlinkTests {
         }
     }
 
+    /// A floating address announced from A: B's existing ARP entry for it moves to A's MAC.
+    @Test func gratuitousARPMovesANeighboursEntry() throws {
+        try Self.withPair { pair in
+            let floating = IPv4Address(10, 99, 0, 50)
+            let stranger: [UInt8] = [0x02, 0, 0, 0, 0, 0x99]
+            try pair.socketB.addNeighbor(Neighbor(linkIndex: pair.linkB.index, address: floating, mac: stranger, state: .stale))
+            #expect(try pair.socketB.neighbors(linkIndex: pair.linkB.index).first { $0.address == floating }?.mac == stranger)
+            let mac = pair.linkA.mac, index = pair.linkA.index
+            try NetworkNamespace.run(inNamespaceAt: pair.a.path) {
+                try GratuitousARP.announce(floating, mac: mac, ifindex: index)
+            }
+            var seen: [UInt8] = []
+            for _ in 0..<50 {
+                seen = try pair.socketB.neighbors(linkIndex: pair.linkB.index).first { $0.address == floating }?.mac ?? []
+                if seen == mac { break }
+                usleep(20_000)
+            }
+            #expect(seen == mac, "B's entry for \(floating) should now point at A (\(formatMAC(mac))), not \(formatMAC(seen))")
+        }
+    }
+
     @Test func vethPeerIsCreatedInsideTheOtherNamespace() throws {
         try Self.withPair { pair in
             let a = try #require(try pair.socketA.link(index: pair.linkA.index))
