@@ -82,6 +82,7 @@ public actor Agent {
     /// Local endpoint → display names of the policies that make each direction default-deny.
     var enforcedBy: [UInt32: (ingress: [String], egress: [String])] = [:]
     var policyObjects: [String: PolicyObject] = [:]
+    var egressPolicies: [String: EgressGatewayPolicy] = [:]
     var cidrIdentities = CIDRIdentityAllocator()
     var ruleOrigins: [UInt32: RuleOrigin] = [:]
     let selectorCache = SelectorCache()
@@ -225,7 +226,7 @@ public actor Agent {
         switch update {
         case .snapshot(let items, let r):
             nodes = [:]; alive = []; pods = [:]; namespaces = [:]; ipcacheRecords = [:]; identityLabelsByNumber = [:]
-            policyObjects = [:]
+            policyObjects = [:]; egressPolicies = [:]
             for kv in items { applyPut(kv) }
             selectorCache.replaceAll(identityLabelsByNumber)
             snapshotApplied = true
@@ -242,6 +243,7 @@ public actor Agent {
         health["store"] = "ok"
         reconcileRoutes()
         reconcileIPCache()
+        reconcileEgress()
         return revision
     }
 
@@ -265,6 +267,8 @@ public actor Agent {
             }
         } else if kv.key.hasPrefix(StoreKeys.policies) {
             if let p = try? dec.decode(PolicyObject.self, from: data) { policyObjects[kv.key] = p }
+        } else if kv.key.hasPrefix(StoreKeys.egressGateways) {
+            if let p = try? dec.decode(EgressGatewayPolicy.self, from: data) { egressPolicies[kv.key] = p }
         }
     }
 
@@ -284,6 +288,8 @@ public actor Agent {
             selectorCache.identityRemoved(n)
         } else if key.hasPrefix(StoreKeys.policies) {
             policyObjects[key] = nil
+        } else if key.hasPrefix(StoreKeys.egressGateways) {
+            egressPolicies[key] = nil
         }
     }
 

@@ -15,6 +15,9 @@ struct LocalState: Codable, Sendable {
     /// Endpoints whose policy was set through the API (tests, debugging): the policy
     /// engine leaves them alone.
     var pinnedPolicies: Set<UInt32> = []
+    /// Egress IPs this agent added to its uplink (the gateway it is): optional so that a
+    /// state file written before egress gateways existed still reads.
+    var egressIPs: Set<IPv4Address>?
 }
 
 /// Reads and atomically rewrites the state file.
