@@ -136,7 +136,15 @@ let package = Package(
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "TestSupport"], swiftSettings: swift6),
         .testTarget(name: "DatapathTests", dependencies: ["Datapath", "BPF", "Model", "Netlink"], swiftSettings: swift6),
         .testTarget(name: "AgentTests", dependencies: ["Agent", "ClusterStore", "AgentAPI", "Model", "Datapath"], swiftSettings: swift6),
-        .testTarget(name: "ObserveTests", dependencies: ["Observe", "ObserveProto", "CLI", "Model"], swiftSettings: swift6),
+        .testTarget(
+            name: "ObserveTests",
+            dependencies: [
+                "Observe", "ObserveProto", "CLI", "Model",
+                // a fake Observer server, to test the client over real gRPC
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+            ],
+            swiftSettings: swift6),
         .testTarget(name: "LabTests", dependencies: ["LabKit", "TestSupport", "Model", "Netlink", "Agent", "AgentAPI", "Observe", "ObserveProto"], swiftSettings: swift6),
     ]
 )

@@ -17,29 +17,32 @@ struct ObserveCommand: ParsableCommand {
         commandName: "observe",
         abstract: "Show flows, as hubble observe: from every lab node merged by time, one node, a server, or a file.",
         discussion: """
-            FILTERS (as hubble observe; a flag given several times means any of its values):
-              --pod [ns/]name-prefix         flows from or to the pod (no ns: -n's or "default")
-              --from-pod, --to-pod           one side only
-              -n, --namespace ns             flows from or to the namespace (with pods: their namespace)
+            FILTERS (hubble's; a flag given twice means either value):
+              --pod [ns/]prefix     from or to the pod (no ns/: -n's, else "default")
+              --from-pod, --to-pod  one side only
+              -n, --namespace ns    from or to the namespace; with pods, their namespace
               --from-namespace, --to-namespace
-              -A, --all-namespaces           pod names without a namespace match any namespace
-              --ip ip|cidr, --from-ip, --to-ip   (--from-ip also matches the SNATed source)
-              -l, --label selector, --from-label, --to-label   e.g. app=web,tier in (a,b),!canary
-              --identity n|name, --from-identity, --to-identity
-              --port n, --from-port, --to-port
-              --verdict FORWARDED|DROPPED|ERROR|AUDIT|REDIRECTED|TRACED|TRANSLATED
-              --drop-reason-desc NAME        e.g. POLICY_DENIED, POLICY_DENY
-              -t, --type TYPE[:SUBTYPE]      trace, drop, policy-verdict, ... (trace:to-endpoint, drop:133)
-              --protocol tcp|udp|icmp|icmpv4|icmpv6|sctp
-              --traffic-direction ingress|egress
-              --node-name pattern            e.g. node1, node*
-              --tcp-flags syn[,ack...]       flows with all these flags
-              --ip-version 4|6
+              -A, --all-namespaces  pod names without ns/ match any namespace
+              --ip, --from-ip, --to-ip ip|cidr    (from: also the SNATed source)
+              -l, --label, --from-label, --to-label selector
+                                    e.g. 'app=web,tier in (a,b),!canary'
+              --identity, --from-identity, --to-identity  number or name (world)
+              --port, --from-port, --to-port n
+              --verdict             FORWARDED, DROPPED, ERROR, AUDIT, ...
+              --drop-reason-desc    e.g. POLICY_DENIED, POLICY_DENY
+              -t, --type            trace, drop, policy-verdict, ...[:subtype]
+                                    e.g. trace:to-endpoint, drop:133
+              --protocol            tcp, udp, icmp, icmpv4, icmpv6, sctp
+              --traffic-direction   ingress or egress
+              --node-name pattern   e.g. node1, node*
+              --tcp-flags syn,ack   flows with all of these flags
+              --ip-version          4 or 6
               --uuid id
-              --not                          negates the next filter flag (it goes to the blacklist)
+              --not                 negates the next filter (to the blacklist)
 
-            Without --last, --first, --all, --follow, --since or --until the last 20 flows are shown.
-            --since/--until take RFC 3339 times (2026-11-26T01:02:03Z) or durations ago (5m, 1h30m).
+            Without --last, --first, --all, --follow, --since or --until: the
+            last 20 flows. --since and --until take RFC 3339 times
+            (2026-11-26T01:02:03Z) or durations ago (5m, 1h30m).
             """)
 
     @OptionGroup var labOptions: LabOptions
@@ -58,7 +61,7 @@ struct ObserveCommand: ParsableCommand {
     @Flag(help: "Show the policies that allowed or denied each flow.") var printPolicyNames = false
     @Flag(help: "Show the node that observed each flow.") var printNodeName = false
 
-    @Argument(parsing: .allUnrecognized, help: ArgumentHelp("Filter flags (see FILTERS below).", valueName: "filter-flags"))
+    @Argument(parsing: .allUnrecognized, help: ArgumentHelp("Filter flags (see FILTERS above).", valueName: "filter-flags"))
     var filterFlags: [String] = []
 
     func validate() throws {

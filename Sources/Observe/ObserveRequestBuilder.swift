@@ -63,8 +63,8 @@ public enum ObserveRequestBuilder {
         if s.first == 0 { throw ObserveFlagError("invalid --first 0: must be at least 1") }
         if s.last == 0 { throw ObserveFlagError("invalid --last 0: must be at least 1") }
 
-        if let since = s.since { request.since = Google_Protobuf_Timestamp(date: try parseTime(since, flag: "--since", now: now)) }
-        if let until = s.until { request.until = Google_Protobuf_Timestamp(date: try parseTime(until, flag: "--until", now: now)) }
+        if let since = s.since { request.since = timestamp(try parseTime(since, flag: "--since", now: now)) }
+        if let until = s.until { request.until = timestamp(try parseTime(until, flag: "--until", now: now)) }
         if request.hasSince && request.hasUntil && request.since.date > request.until.date {
             throw ObserveFlagError("--since \(s.since!) is after --until \(s.until!)")
         }
@@ -84,6 +84,16 @@ public enum ObserveRequestBuilder {
     }
 
     // MARK: - time
+
+    /// A Date as a Timestamp, to the microsecond: a Date near 2026 holds about 0.2 µs, so
+    /// "01:01:00.123Z" must not become ...122999906 ns and miss a flow at exactly .123.
+    static func timestamp(_ date: Date) -> Google_Protobuf_Timestamp {
+        let t = date.timeIntervalSince1970
+        var seconds = t.rounded(.down)
+        var micros = ((t - seconds) * 1e6).rounded()
+        if micros >= 1e6 { seconds += 1; micros -= 1e6 }
+        return Google_Protobuf_Timestamp(seconds: Int64(seconds), nanos: Int32(micros) * 1000)
+    }
 
     /// `--since`/`--until` values as hubble takes them: RFC 3339 ("2026-11-26T01:02:03Z",
     /// with fractions or an offset; without a zone it is UTC), a date, or a Go duration
