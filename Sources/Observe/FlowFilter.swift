@@ -272,19 +272,20 @@ struct IPMatcher: Sendable {
 
 // MARK: - Pods
 
-/// Hubble's pod filter values: "xwing" (a pod name prefix in any namespace, as the
-/// server sees it; the CLI adds "default/" as hubble does), "kube-system/coredns-"
-/// (a prefix within a namespace), "kube-system/" (the whole namespace), "/xwing" (any
-/// namespace).
+/// Hubble's pod filter values: "xwing" (a pod name prefix in the "default" namespace,
+/// as Hubble's `k8s.ParseNamespaceName` reads it), "kube-system/coredns-" (a prefix
+/// within a namespace), "kube-system/" (the whole namespace), "/xwing" (any namespace,
+/// as flow.proto documents it; Hubble's own code compares the empty namespace, which no
+/// pod has).
 struct PodMatcher: Sendable {
     private let patterns: [(namespace: String?, prefix: String)]
 
     init(_ values: [String], field: String) throws {
         patterns = try values.map { value in
             let parts = value.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
-            let namespace: String? = parts.count == 2 && !parts[0].isEmpty ? String(parts[0]) : nil
+            let namespace: String? = parts.count == 1 ? "default" : parts[0].isEmpty ? nil : String(parts[0])
             let prefix = String(parts.count == 2 ? parts[1] : parts[0])
-            if namespace == nil && prefix.isEmpty {
+            if value.isEmpty || (namespace == nil && prefix.isEmpty) {
                 throw FlowFilterError(field: field, value: value, reason: "expected [namespace/][pod-name-prefix], e.g. kube-system/coredns- or kube-system/")
             }
             return (namespace, prefix)

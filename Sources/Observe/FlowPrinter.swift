@@ -105,7 +105,7 @@ public struct FlowPrinter: Sendable {
             arrow = "<-"
         }
         let node = printNodeName ? " [\(f.nodeName)]" : ""
-        var line = "\(timestamp(f.time))\(node): \(src) \(srcID) \(arrow) \(dst) \(dstID) \(Self.flowType(f)) \(Self.verdict(f)) (\(Self.summary(f)))"
+        var line = "\(timestamp(f.time))\(node): \(src) \(srcID) \(arrow) \(dst) \(dstID) \(Self.flowType(f)) \(verdict(f)) (\(Self.summary(f)))"
         if printPolicyNames { line += policySuffix(f).map { " " + $0 }.joined() }
         return line
     }
@@ -119,14 +119,14 @@ public struct FlowPrinter: Sendable {
     // MARK: dict
 
     func dict(_ f: Flow_Flow) -> String {
-        var lines: [(String, String)] = [
-            ("TIMESTAMP", timestamp(f.time)),
+        var lines: [(String, String)] = [("TIMESTAMP", timestamp(f.time))]
+        if printNodeName { lines.append(("NODE", f.nodeName)) }
+        lines += [
             ("SOURCE", endpoint(f, source: true)),
             ("DESTINATION", endpoint(f, source: false)),
             ("TYPE", Self.flowType(f)),
-            ("VERDICT", Self.verdict(f)),
+            ("VERDICT", verdict(f)),
             ("SUMMARY", Self.summary(f)),
-            ("NODE", f.nodeName),
         ]
         if printPolicyNames {
             let policies = policySuffix(f)
@@ -149,7 +149,7 @@ public struct FlowPrinter: Sendable {
         var summary = Self.summary(f)
         if printPolicyNames { summary += policySuffix(f).map { " " + $0 }.joined() }
         return [timestamp(f.time)] + (printNodeName ? [f.nodeName] : [])
-            + [endpoint(f, source: true), endpoint(f, source: false), Self.flowType(f), Self.verdict(f), summary]
+            + [endpoint(f, source: true), endpoint(f, source: false), Self.flowType(f), verdict(f), summary]
     }
 
     /// Go tabwriter's layout as hubble uses it (padding 3, last column unpadded).
@@ -217,17 +217,28 @@ public struct FlowPrinter: Sendable {
         }
     }
 
-    /// The verdict, in policy-verdict terms for policy verdict events (ALLOWED, DENIED, AUDITED).
-    static func verdict(_ f: Flow_Flow) -> String {
-        if f.eventType.type == MonitorType.policyVerdict {
-            switch f.verdict {
-            case .forwarded, .redirected: return "ALLOWED"
-            case .dropped, .error: return "DENIED"
-            case .audit: return "AUDITED"
-            default: break
-            }
+    /// The verdict, in policy-verdict terms for policy verdict events (ALLOWED, DENIED,
+    /// AUDITED), which name their policies as hubble does with --print-policy-names:
+    /// "ALLOWED BY allow-web (NetworkPolicy)".
+    func verdict(_ f: Flow_Flow) -> String {
+        guard f.eventType.type == MonitorType.policyVerdict else { return ProtoNames.name(f.verdict) }
+        let ingress = f.trafficDirection == .ingress, egress = f.trafficDirection == .egress
+        switch f.verdict {
+        case .forwarded, .redirected:
+            return "ALLOWED" + (printPolicyNames ? Self.by(ingress ? f.ingressAllowedBy : egress ? f.egressAllowedBy : []) : "")
+        case .dropped, .error:
+            return "DENIED" + (printPolicyNames ? Self.by(ingress ? f.ingressDeniedBy : egress ? f.egressDeniedBy : []) : "")
+        case .audit:
+            return "AUDITED"
+        default:
+            return ProtoNames.name(f.verdict)
         }
-        return ProtoNames.name(f.verdict)
+    }
+
+    /// " BY a (Kind), b (Kind)" for the policies that have a name and a kind.
+    static func by(_ policies: [Flow_Policy]) -> String {
+        let named = policies.filter { !$0.name.isEmpty && !$0.kind.isEmpty }.map { "\($0.name) (\($0.kind))" }
+        return named.isEmpty ? "" : " BY " + named.joined(separator: ", ")
     }
 
     /// "TCP Flags: SYN, ACK", "UDP", "ICMPv4 EchoRequest".
@@ -246,9 +257,13 @@ public struct FlowPrinter: Sendable {
         }
     }
 
-    /// "(ingress allowed by NetworkPolicy prod/allow-web)", one per direction and outcome.
+    /// "(ingress allowed by NetworkPolicy prod/allow-web)", one per direction and outcome,
+    /// for traces and drops. Hubble names policies only on policy verdict events (in the
+    /// verdict, see `verdict(_:)`); Fathom's traces and drops carry them too, and this is
+    /// how they are shown.
     func policySuffix(_ f: Flow_Flow) -> [String] {
-        [("ingress allowed by", f.ingressAllowedBy), ("egress allowed by", f.egressAllowedBy),
+        guard f.eventType.type != MonitorType.policyVerdict else { return [] }
+        return [("ingress allowed by", f.ingressAllowedBy), ("egress allowed by", f.egressAllowedBy),
          ("ingress denied by", f.ingressDeniedBy), ("egress denied by", f.egressDeniedBy)]
             .filter { !$0.1.isEmpty }
             .map { what, policies in "(\(what) " + policies.map(Self.policyName).joined(separator: ", ") + ")" }

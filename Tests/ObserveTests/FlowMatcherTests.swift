@@ -37,7 +37,9 @@ import ObserveProto
     }
 
     @Test func podFilterForms() throws {
-        #expect(try selected([.with { $0.sourcePod = ["client"] }]) == [0, 2, 3, 5, 7, 8, 11])       // any namespace
+        #expect(try selected([.with { $0.sourcePod = ["client"] }]) == [])                          // default/client
+        #expect(try selected([.with { $0.sourcePod = ["tie"] }]) == [6, 10])                        // default/tie...
+        #expect(try selected([.with { $0.sourcePod = ["/client"] }]) == [0, 2, 3, 5, 7, 8, 11])     // any namespace
         #expect(try selected([.with { $0.sourcePod = ["/tie"] }]) == [6, 10])
         #expect(try selected([.with { $0.destinationPod = ["kube-system/"] }]) == [3])
         #expect(try selected([.with { $0.destinationPod = ["default/web"] }]) == [])
@@ -77,6 +79,7 @@ import ObserveProto
         (Flow_FlowFilter.with { $0.protocol = ["gre"] }, "invalid protocol \"gre\""),
         (Flow_FlowFilter.with { $0.nodeName = ["node 1"] }, "invalid node_name \"node 1\""),
         (Flow_FlowFilter.with { $0.sourcePod = ["/"] }, "invalid source_pod \"/\""),
+        (Flow_FlowFilter.with { $0.destinationPod = [""] }, "invalid destination_pod \"\""),
     ])
     func badValuesAreRefusedNamingFieldAndValue(_ filter: Flow_FlowFilter, _ message: String) {
         do {

@@ -79,7 +79,6 @@ import SwiftProtobuf
                    TYPE: to-endpoint
                 VERDICT: FORWARDED
                 SUMMARY: TCP Flags: SYN
-                   NODE: node1
             ------------
               TIMESTAMP: Nov 26 01:01:00.123
                  SOURCE: default/tiefighter:40000
@@ -87,9 +86,31 @@ import SwiftProtobuf
                    TYPE: Policy denied
                 VERDICT: DROPPED
                 SUMMARY: TCP Flags: SYN
-                   NODE: node2
 
             """)
+        #expect(printed([7], FlowPrinter(format: .dict, printPolicyNames: true, printNodeName: true, timeZone: utc)) == """
+              TIMESTAMP: Nov 26 01:01:10.123
+                   NODE: node1
+                 SOURCE: prod/client-7d9:43300
+            DESTINATION: prod/db-0:5432
+                   TYPE: Policy denied by denylist
+                VERDICT: DROPPED
+                SUMMARY: TCP Flags: SYN
+               POLICIES: (egress denied by CiliumNetworkPolicy prod/deny-db)
+
+            """)
+    }
+
+    @Test func policyVerdictsNamePoliciesInTheVerdictAsHubble() {
+        var allowed = FilterTable.flows[10]
+        allowed.verdict = .forwarded
+        allowed.policyMatchType = 2
+        allowed.ingressAllowedBy = [FilterTable.policy("allow-web", "prod", "NetworkPolicy"),
+                                    FilterTable.policy("cluster-default", "", "CiliumClusterwideNetworkPolicy")]
+        var named = FlowPrinter(printPolicyNames: true, timeZone: utc)
+        #expect(named.format(.with { $0.flow = allowed }) == "Nov 26 01:01:40.123: default/tiefighter:40000 (ID:30001) <> prod/web-5f8:8080 (ID:23456) policy-verdict:L3-L4 INGRESS ALLOWED BY allow-web (NetworkPolicy), cluster-default (CiliumClusterwideNetworkPolicy) (TCP Flags: SYN)\n")
+        var plain = FlowPrinter(timeZone: utc)
+        #expect(plain.format(.with { $0.flow = allowed })?.contains("INGRESS ALLOWED (TCP Flags: SYN)") == true)
     }
 
     @Test func table() {
