@@ -146,7 +146,7 @@ extension Agent {
                 if c.reason == 0 {
                     m.add("fathom_forward_count_total", .counter, help: "", labels: [("direction", dir)], value: Double(c.packets))
                 } else {
-                    let reason = Flow_DropReason(rawValue: Int(c.reason)).map { Observe.protoName($0) } ?? "\(c.reason)"
+                    let reason = Flow_DropReason(rawValue: Int(c.reason)).map { ProtoNames.name($0) } ?? "\(c.reason)"
                     m.add("fathom_drop_count_total", .counter, help: "", labels: [("reason", reason), ("direction", dir)], value: Double(c.packets))
                     m.add("fathom_drop_bytes_total", .counter, help: "", labels: [("reason", reason), ("direction", dir)], value: Double(c.bytes))
                 }

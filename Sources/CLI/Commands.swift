@@ -11,7 +11,7 @@ public struct Fathom: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "fathom",
         abstract: "Kubernetes networking, security and observability on eBPF.",
-        subcommands: [Status.self, Apply.self, Delete.self, Get.self, PolicyCommand.self, BPF.self, Monitor.self, LabCommand.self])
+        subcommands: [Status.self, Apply.self, Delete.self, Get.self, PolicyCommand.self, BPF.self, Monitor.self, ObserveCommand.self, LabCommand.self])
 
     public init() {}
 

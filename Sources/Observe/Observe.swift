@@ -7,15 +7,3 @@ public enum Observe {
     public static let version = "fathom-0.5 (hubble api: cilium v1.17)"
 }
 
-extension Observe {
-    /// The .proto name of an enum case from its Swift name: `policyDenied` → `POLICY_DENIED`
-    /// (SwiftProtobuf lower-camel-cases the proto names; this undoes it).
-    public static func protoName<E: RawRepresentable>(_ value: E) -> String {
-        var out = ""
-        for c in String(describing: value) {
-            if c.isUppercase, !out.isEmpty { out.append("_") }
-            out.append(contentsOf: c.uppercased())
-        }
-        return out
-    }
-}
