@@ -2,6 +2,8 @@ import Foundation
 import Testing
 import ObserveProto
 import SwiftProtobuf
+import GRPCCore
+import GRPCNIOTransportHTTP2
 @testable import Observe
 @testable import CLI
 
@@ -20,6 +22,33 @@ import SwiftProtobuf
         let matcher = try FlowMatcher(whitelist: whitelist, blacklist: blacklist)
         let got = FilterTable.flows.indices.filter { matcher.matches(FilterTable.flows[$0]) }
         #expect(got == c.expected, "\(c.name): \(c.args)")
+    }
+
+    /// The same cases through the agent's Observer service over gRPC (unix socket), with
+    /// the filter compiler the agent uses: server and --input-file must agree.
+    @Test func throughTheServer() async throws {
+        let ring = FlowRing(capacity: 64)
+        for f in FilterTable.flows { ring.append(.flow(f)) }
+        let path = "/tmp/fathom-filter-table-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        let service = ObserverService(ring: ring, directory: ObserverServerTests.Directory(), compile: ObserverService.hubbleFilters)
+        let server = ObserverServer(service: service, addresses: [.unix(path)])
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await server.run() }
+            defer { group.cancelAll() }
+            try await Task.sleep(nanoseconds: 100_000_000)
+            try await withGRPCClient(transport: try .http2NIOPosix(target: .unixDomainSocket(path: path), transportSecurity: .plaintext)) { client in
+                let observer = Observer_Observer.Client(wrapping: client)
+                for c in FilterTable.cases {
+                    var request = Observer_GetFlowsRequest()
+                    (request.whitelist, request.blacklist) = try ObserveRequestBuilder.filters(c.args)
+                    let got = try await ObserverServerTests.collect(observer, request).map { r in
+                        FilterTable.flows.firstIndex { $0.uuid == r.flow.uuid } ?? -1
+                    }
+                    #expect(got == c.expected, "server, \(c.name): \(c.args)")
+                }
+            }
+        }
+        unlink(path)
     }
 
     @Test(arguments: FilterTable.cases.map { Case($0) })
