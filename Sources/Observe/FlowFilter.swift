@@ -303,11 +303,12 @@ struct PodMatcher: Sendable {
 // MARK: - Protocols
 
 /// Protocol names as Hubble takes them, case-insensitively. "icmp" means ICMPv4 or
-/// ICMPv6, as in Hubble; L7 protocols are accepted but match nothing (no L7 in Fathom).
+/// ICMPv6, as in Hubble; vrrp and igmp (no Layer4 form in Flow) and the L7 protocols
+/// dns and http (no L7 in Fathom) are accepted and match nothing.
 struct ProtocolMatcher: Sendable {
     private var tcp = false, udp = false, sctp = false, icmpv4 = false, icmpv6 = false
 
-    static let known = ["tcp", "udp", "sctp", "icmp", "icmpv4", "icmpv6", "http", "dns", "kafka"]
+    static let known = ["tcp", "udp", "sctp", "icmp", "icmpv4", "icmpv6", "vrrp", "igmp", "dns", "http"]
 
     init(_ values: [String]) throws {
         for value in values {
@@ -318,7 +319,7 @@ struct ProtocolMatcher: Sendable {
             case "icmp": icmpv4 = true; icmpv6 = true
             case "icmpv4": icmpv4 = true
             case "icmpv6": icmpv6 = true
-            case "http", "dns", "kafka": break
+            case "vrrp", "igmp", "dns", "http": break
             default:
                 throw FlowFilterError(field: "protocol", value: value, reason: "must be one of " + Self.known.joined(separator: ", "))
             }
