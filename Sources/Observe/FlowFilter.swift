@@ -303,11 +303,12 @@ struct PodMatcher: Sendable {
 // MARK: - Protocols
 
 /// Protocol names as Hubble takes them, case-insensitively. "icmp" means ICMPv4 or
-/// ICMPv6, as in Hubble; L7 protocols are accepted but match nothing (no L7 in Fathom).
+/// ICMPv6, as in Hubble; vrrp and igmp (no Layer4 form in Flow) and the L7 protocols
+/// dns and http (no L7 in Fathom) are accepted and match nothing.
 struct ProtocolMatcher: Sendable {
     private var tcp = false, udp = false, sctp = false, icmpv4 = false, icmpv6 = false
 
-    static let known = ["tcp", "udp", "sctp", "icmp", "icmpv4", "icmpv6", "http", "dns", "kafka"]
+    static let known = ["tcp", "udp", "sctp", "icmp", "icmpv4", "icmpv6", "vrrp", "igmp", "dns", "http"]
 
     init(_ values: [String]) throws {
         for value in values {
@@ -318,7 +319,7 @@ struct ProtocolMatcher: Sendable {
             case "icmp": icmpv4 = true; icmpv6 = true
             case "icmpv4": icmpv4 = true
             case "icmpv6": icmpv6 = true
-            case "http", "dns", "kafka": break
+            case "vrrp", "igmp", "dns", "http": break
             default:
                 throw FlowFilterError(field: "protocol", value: value, reason: "must be one of " + Self.known.joined(separator: ", "))
             }
@@ -339,31 +340,63 @@ struct ProtocolMatcher: Sendable {
 
 // MARK: - Node names
 
-/// A node name pattern: `*` matches any run of characters; a "cluster/" prefix is
-/// accepted and ignored (Fathom runs one cluster).
+/// A node name pattern as Hubble takes it: lowercase letters, digits, '-' and '.'
+/// match themselves, `*` matches one DNS name component or part of one
+/// (`[a-z0-9-]*`), `**` one or more whole components ("node*", "**.example.com").
+/// A "cluster/" prefix is accepted and ignored: Fathom runs one cluster.
 struct NodeNameGlob: Sendable {
-    private let parts: [String]
+    enum Token: Equatable, Sendable { case literal(Character), star, doubleStar }
+    private let tokens: [Token]
 
     init(_ value: String) throws {
         var pattern = Substring(value)
         if let slash = pattern.firstIndex(of: "/") { pattern = pattern[pattern.index(after: slash)...] }
-        let allowed = pattern.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-.*_".contains($0)) }
+        let allowed = pattern.allSatisfy { Self.isNameChar($0) || $0 == "." || $0 == "*" }
         guard !pattern.isEmpty, allowed else {
-            throw FlowFilterError(field: "node_name", value: value, reason: "expected a node name or a pattern with *, optionally after cluster/, e.g. node1 or node*")
+            throw FlowFilterError(field: "node_name", value: value,
+                                  reason: "expected a node name or a pattern of lowercase letters, digits, '-', '.' and * (node*, **.example.com), optionally after cluster/")
         }
-        parts = pattern.split(separator: "*", omittingEmptySubsequences: false).map(String.init)
+        var tokens: [Token] = []
+        var rest = pattern
+        while let c = rest.first {
+            if rest.hasPrefix("**") { tokens.append(.doubleStar); rest = rest.dropFirst(2) }
+            else if c == "*" { tokens.append(.star); rest = rest.dropFirst() }
+            else { tokens.append(.literal(c)); rest = rest.dropFirst() }
+        }
+        self.tokens = tokens
+    }
+
+    static func isNameChar(_ c: Character) -> Bool {
+        c.isASCII && (c.isLowercase || c.isNumber || c == "-")
     }
 
     func matches(_ name: String) -> Bool {
-        if parts.count == 1 { return name == parts[0] }
-        var rest = Substring(name)
-        guard rest.hasPrefix(parts[0]) else { return false }
-        rest = rest.dropFirst(parts[0].count)
-        for middle in parts.dropFirst().dropLast() where !middle.isEmpty {
-            guard let r = rest.range(of: middle) else { return false }
-            rest = rest[r.upperBound...]
+        guard !name.isEmpty else { return false }
+        return Self.match(tokens[...], Array(name)[...])
+    }
+
+    /// Backtracking match; patterns are a few tokens long.
+    static func match(_ p: ArraySlice<Token>, _ s: ArraySlice<Character>) -> Bool {
+        guard let token = p.first else { return s.isEmpty }
+        switch token {
+        case .literal(let c):
+            return s.first == c && match(p.dropFirst(), s.dropFirst())
+        case .star:
+            var i = s.startIndex
+            while true {
+                if match(p.dropFirst(), s[i...]) { return true }
+                guard i < s.endIndex, isNameChar(s[i]) else { return false }
+                i += 1
+            }
+        case .doubleStar:
+            // one or more whole components: name chars and dots, not starting or ending with a dot
+            var i = s.startIndex
+            while i < s.endIndex, isNameChar(s[i]) || s[i] == "." {
+                i += 1
+                if s[s.startIndex] != ".", s[i - 1] != ".", match(p.dropFirst(), s[i...]) { return true }
+            }
+            return false
         }
-        return rest.hasSuffix(parts.last!)
     }
 }
 

@@ -45,6 +45,16 @@ import ObserveProto
         #expect(try selected([.with { $0.destinationPod = ["default/web"] }]) == [])
     }
 
+    @Test(arguments: [
+        ("node1", "node1", true), ("node*", "node12", true), ("node*", "node1.lab", false),
+        ("*1", "node1", true), ("*1", "node2", false), ("fathom/node2", "node2", true),
+        ("**.lab.example", "node1.rack3.lab.example", true), ("**.lab.example", ".lab.example", false),
+        ("node1.*.example", "node1.lab.example", true), ("n*e*1", "node1", true), ("node", "node1", false),
+    ])
+    func nodeNamePatterns(_ pattern: String, _ name: String, _ matches: Bool) throws {
+        #expect(try NodeNameGlob(pattern).matches(name) == matches)
+    }
+
     @Test func ipv6AddressesCompareByValue() throws {
         #expect(try selected([.with { $0.destinationIp = ["fd00:0:0::20"] }]) == [11])
         #expect(try selected([.with { $0.sourceIp = ["10.0.1.8/30"] }]) == [0, 2, 3, 5, 7, 8])
@@ -78,6 +88,7 @@ import ObserveProto
         (Flow_FlowFilter.with { $0.destinationPort = ["70000"] }, "invalid destination_port \"70000\""),
         (Flow_FlowFilter.with { $0.protocol = ["gre"] }, "invalid protocol \"gre\""),
         (Flow_FlowFilter.with { $0.nodeName = ["node 1"] }, "invalid node_name \"node 1\""),
+        (Flow_FlowFilter.with { $0.nodeName = ["Node1"] }, "invalid node_name \"Node1\""),
         (Flow_FlowFilter.with { $0.sourcePod = ["/"] }, "invalid source_pod \"/\""),
         (Flow_FlowFilter.with { $0.destinationPod = [""] }, "invalid destination_pod \"\""),
     ])
