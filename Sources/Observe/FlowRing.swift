@@ -70,8 +70,9 @@ public final class FlowRing: Sendable {
     public var newest: UInt64 { state.withLock { $0.newest } }
 
     /// A stream that yields whenever entries are appended (coalesced: one wake-up may stand
-    /// for many entries). Finishing the stream's consumer unregisters it.
-    public func changes() -> AsyncStream<Void> {
+    /// for many entries), and a function that ends it (the reader's loop then ends).
+    /// Ending it, or dropping the stream, unregisters it.
+    public func changes() -> (stream: AsyncStream<Void>, stop: @Sendable () -> Void) {
         let (stream, cont) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let id = state.withLock { s -> Int in
             s.nextWaiter += 1
@@ -81,7 +82,7 @@ public final class FlowRing: Sendable {
         cont.onTermination = { [weak self] _ in
             _ = self?.state.withLock { $0.waiters.removeValue(forKey: id) }
         }
-        return stream
+        return (stream, { cont.finish() })
     }
 }
 

@@ -104,16 +104,22 @@ public struct ObserverService: Observer_Observer.SimpleServiceProtocol {
         }
 
         guard let changes else { return }
-        var wake = changes.makeAsyncIterator()
-        while !Task.isCancelled {
-            let (batch, lost) = ring.read(after: cursor, limit: 1024)
-            if lost > 0 { try await response.write(lostRecord(lost)) }
-            for (seq, e) in batch {
-                cursor = seq
-                if let until, e.time.date > until { return }
-                if passes(e) { try await response.write(e) }
+        // gRPC tells a handler that its client went away (or the server is stopping)
+        // through the RPC's cancellation handle, not by cancelling the task: end the wait.
+        try await withRPCCancellationHandler {
+            var wake = changes.stream.makeAsyncIterator()
+            while !Task.isCancelled, !context.cancellation.isCancelled {
+                let (batch, lost) = ring.read(after: cursor, limit: 1024)
+                if lost > 0 { try await response.write(lostRecord(lost)) }
+                for (seq, e) in batch {
+                    cursor = seq
+                    if let until, e.time.date > until { return }
+                    if passes(e) { try await response.write(e) }
+                }
+                if batch.isEmpty, await wake.next() == nil { return }
             }
-            if batch.isEmpty, await wake.next() == nil { return }
+        } onCancelRPC: {
+            changes.stop()
         }
     }
 

@@ -141,6 +141,32 @@ extension LabTests {
         #expect(deny.ingressDeniedBy.first?.namespace == "prod")
         #expect(deny.ingressDeniedBy.first?.labels.contains("fathom:rule=ingressDeny[0]") == true)
 
+        // `fathom observe`: every node's flows merged by time, as Hubble Relay does.
+        func responses(_ out: String) throws -> [Observer_GetFlowsResponse] {
+            try out.split(separator: "\n").map { try Observer_GetFlowsResponse(jsonString: String($0)) }
+        }
+        let merged = try responses(try t.must(["observe", "--last", "200", "-o", "jsonpb"]))
+        #expect(Set(merged.map(\.nodeName)) == ["node1", "node2"], "flows of both nodes")
+        let times = merged.map { $0.time.date }
+        #expect(times == times.sorted(), "merged by time")
+        #expect(merged.contains { $0.flow.ip.source == client && $0.nodeName == "node2" && $0.flow.traceObservationPoint == .fromEndpoint },
+                "node2 saw client's request leave")
+        let node2Only = try responses(try t.must(["observe", "--node", "node2", "--all", "-o", "jsonpb"]))
+        #expect(!node2Only.isEmpty && node2Only.allSatisfy { $0.nodeName == "node2" })
+        let drops = try t.must(["observe", "--verdict", "DROPPED", "--to-pod", "prod/web", "--print-policy-names", "--last", "50"])
+        #expect(drops.contains("no-banned"), "\(drops)")
+        #expect(drops.contains("web-from-clients"), "\(drops)")
+        #expect(!drops.contains("FORWARDED"), "\(drops)")
+        let bad = try t.run(["observe", "--verdict", "SOMETIMES"])
+        #expect(bad.status == 2 && bad.stderr.contains("--verdict"), "\(bad.stderr)")
+
+        // The Observer on TCP 4244 at node1's address, asked from node2's namespace.
+        let overTCP = try t.run(["lab", "exec", "node2", "--", LabSupport.binaryDirectory + "/fathom", "observe",
+                                 "--server", "192.168.101.101:\(LabPaths.hubblePort)", "--last", "5", "-o", "jsonpb"])
+        #expect(overTCP.status == 0, "\(overTCP.stderr)")
+        let tcpFlows = try responses(overTCP.stdout)
+        #expect(tcpFlows.count == 5 && tcpFlows.allSatisfy { $0.nodeName == "node1" })
+
         // Metrics: Prometheus text; the drop counter moved with the drops.
         let after = Self.parsePrometheus(try Self.metrics(t, node: "node1", address: "192.168.101.101"))
         let key133 = "fathom_drop_count_total{reason=\"POLICY_DENIED\",direction=\"INGRESS\"}"
