@@ -128,7 +128,7 @@ package.targets.append(contentsOf: [
     .target(
         name: "K8s",
         dependencies: [
-            "Model", "ClusterStore",
+            "Model", "ClusterStore", "Policy",
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOCore", package: "swift-nio"),
