@@ -142,6 +142,7 @@ package.targets.append(contentsOf: [
         dependencies: [
             "K8s",  // JSONValue only: the fake's wire logic is its own
             .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ],

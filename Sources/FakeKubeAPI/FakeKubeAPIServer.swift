@@ -12,7 +12,33 @@ import K8s
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import Synchronization
+
+/// TLS for the fake, as kube-apiserver serves it: a server certificate and, optionally, a
+/// CA whose client certificates it requires (kubeconfigs with client-certificate-data).
+public struct FakeTLS: Sendable {
+    public var certificatePEM: String
+    public var privateKeyPEM: String
+    public var clientCAPEM: String?
+
+    public init(certificatePEM: String, privateKeyPEM: String, clientCAPEM: String? = nil) {
+        self.certificatePEM = certificatePEM
+        self.privateKeyPEM = privateKeyPEM
+        self.clientCAPEM = clientCAPEM
+    }
+
+    func context() throws -> NIOSSLContext {
+        var config = TLSConfiguration.makeServerConfiguration(
+            certificateChain: try NIOSSLCertificate.fromPEMBytes(Array(certificatePEM.utf8)).map { .certificate($0) },
+            privateKey: .privateKey(try NIOSSLPrivateKey(bytes: Array(privateKeyPEM.utf8), format: .pem)))
+        if let clientCAPEM {
+            config.certificateVerification = .noHostnameVerification
+            config.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(clientCAPEM.utf8)))
+        }
+        return try NIOSSLContext(configuration: config)
+    }
+}
 
 public final class FakeKubeAPIServer: Sendable {
     /// How a watch that starts at an expired resourceVersion is refused.
@@ -33,8 +59,9 @@ public final class FakeKubeAPIServer: Sendable {
 
     /// The port the server listens on (127.0.0.1).
     public let port: Int
-    /// `http://127.0.0.1:PORT`.
-    public var url: String { "http://127.0.0.1:\(port)" }
+    private let tls: Bool
+    /// `http://127.0.0.1:PORT`, or `https://` when serving TLS.
+    public var url: String { "\(tls ? "https" : "http")://127.0.0.1:\(port)" }
 
     struct Settings {
         var token: String?
@@ -48,20 +75,26 @@ public final class FakeKubeAPIServer: Sendable {
     }
 
     private init(
-        serverChannel: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>, port: Int
+        serverChannel: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>, port: Int,
+        tls: Bool
     ) {
         self.serverChannel = serverChannel
         self.port = port
+        self.tls = tls
     }
 
     /// Starts a server with the built-in kinds and the namespaces every cluster has
     /// (default, kube-system, kube-public, kube-node-lease). `token`: the bearer token
-    /// required of every request (nil: no check).
-    public static func start(token: String? = nil) async throws -> FakeKubeAPIServer {
+    /// required of every request (nil: no check); `tls` serves HTTPS.
+    public static func start(token: String? = nil, tls: FakeTLS? = nil) async throws -> FakeKubeAPIServer {
+        let sslContext = try tls?.context()
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .bind(host: "127.0.0.1", port: 0) { child in
                 child.eventLoop.makeCompletedFuture {
+                    if let sslContext {
+                        try child.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
+                    }
                     try child.pipeline.syncOperations.configureHTTPServerPipeline()
                     return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: child)
                 }
@@ -69,7 +102,7 @@ public final class FakeKubeAPIServer: Sendable {
         guard let port = channel.channel.localAddress?.port else {
             throw FakeServerError(description: "fake API server bound without a port")
         }
-        let server = FakeKubeAPIServer(serverChannel: channel, port: port)
+        let server = FakeKubeAPIServer(serverChannel: channel, port: port, tls: tls != nil)
         server.settings.withLock { $0.token = token }
         server.state.withLock { store in
             for r in FakeKubeAPIServer.builtIns { store.resources[r.id] = r }

@@ -52,6 +52,17 @@ public final class InformerCache: Sendable {
     func replace(with snapshot: [ObjectKey: KubeObject]) {
         objects.withLock { $0 = snapshot }
     }
+
+    /// One change, in O(1): copying the whole map per event would make a busy informer
+    /// quadratic in the number of objects.
+    func apply(_ change: ObjectChange) {
+        objects.withLock { all in
+            switch change {
+            case .added(let o), .modified(let o): all[o.key] = o
+            case .deleted(let o): all[o.key] = nil
+            }
+        }
+    }
 }
 
 /// What the stream has delivered, and the version to resume from. Pure, so the
@@ -177,7 +188,11 @@ public struct Informer: Sendable {
         var quickEnds = 0
 
         func deliver(_ update: InformerUpdate) {
-            cache.replace(with: state.known)
+            switch update {
+            case .snapshot: cache.replace(with: state.known)
+            case .events(let changes, _):
+                for change in changes { cache.apply(change) }
+            }
             out.yield(update)
         }
 

@@ -70,7 +70,12 @@ public final class KubeClient: Sendable {
     /// Deadline of ordinary (non-watch) requests.
     public let requestTimeout: TimeAmount
 
-    public init(config: KubeConfig, logger: Logger = Logger(label: "fathom.k8s"), requestTimeout: TimeAmount = .seconds(30)) throws {
+    /// `connectTimeout` also bounds how long a failing TLS handshake (an untrusted server
+    /// certificate) is retried before the request fails.
+    public init(
+        config: KubeConfig, logger: Logger = Logger(label: "fathom.k8s"), requestTimeout: TimeAmount = .seconds(30),
+        connectTimeout: TimeAmount = .seconds(10)
+    ) throws {
         self.config = config
         self.logger = logger
         self.requestTimeout = requestTimeout
@@ -78,7 +83,7 @@ public final class KubeClient: Sendable {
         while server.hasSuffix("/") { server.removeLast() }
         self.base = server
         var configuration = HTTPClient.Configuration()
-        configuration.timeout = .init(connect: .seconds(10), read: nil)
+        configuration.timeout = .init(connect: connectTimeout, read: nil)
         configuration.redirectConfiguration = .disallow
         if server.hasPrefix("https://") { configuration.tlsConfiguration = try Self.tls(for: config) }
         self.http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
@@ -293,7 +298,11 @@ public final class KubeClient: Sendable {
         do {
             return try await http.execute(request, deadline: deadline, logger: nil)
         } catch {
-            throw KubeTransportError(method: method.rawValue, path: path, reason: "\(error)")
+            var reason = "\(error)"
+            if reason.contains("CERTIFICATE_VERIFY_FAILED") {
+                reason += " (the server's certificate is not signed by the CA of \(config.source): check certificate-authority(-data) or the service account's ca.crt)"
+            }
+            throw KubeTransportError(method: method.rawValue, path: path, reason: reason)
         }
     }
 
