@@ -150,7 +150,7 @@ package.targets.append(contentsOf: [
     .testTarget(
         name: "K8sTests",
         dependencies: [
-            "K8s", "FakeKubeAPI", "ClusterStore", "Model",
+            "K8s", "FakeKubeAPI", "ClusterStore", "Model", "Policy",
             .product(name: "Yams", package: "Yams"),
         ],
         swiftSettings: swift6),

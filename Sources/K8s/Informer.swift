@@ -33,6 +33,7 @@ public enum InformerUpdate: Sendable, Hashable {
 /// The objects an informer has delivered, keyed by namespace/name. Read from any task.
 public final class InformerCache: Sendable {
     private let objects = Mutex<[ObjectKey: KubeObject]>([:])
+    private let version = Mutex<String?>(nil)
 
     public init() {}
 
@@ -48,6 +49,12 @@ public final class InformerCache: Sendable {
     }
 
     public var count: Int { objects.withLock { $0.count } }
+
+    /// Every change up to this version is in the cache (bookmarks move it too): where a
+    /// watch would resume.
+    public var resourceVersion: String? { version.withLock { $0 } }
+
+    func setResourceVersion(_ rv: String?) { version.withLock { $0 = rv } }
 
     func replace(with snapshot: [ObjectKey: KubeObject]) {
         objects.withLock { $0 = snapshot }
@@ -204,6 +211,7 @@ public struct Informer: Sendable {
                         fieldSelector: options.fieldSelector, pageSize: options.pageSize)
                     needsList = false
                     if let update = state.relisted(items, resourceVersion: rv) { deliver(update) }
+                    cache.setResourceVersion(state.resourceVersion)
                 }
                 let events = try await client.watch(
                     resource, namespace: namespace,
@@ -226,6 +234,7 @@ public struct Informer: Sendable {
                     if let change = state.apply(event), let rv = state.resourceVersion {
                         deliver(.events([change], resourceVersion: rv))
                     }
+                    cache.setResourceVersion(state.resourceVersion)
                 }
                 // Ended by the server (timeoutSeconds) or expired: go again at once, unless
                 // it keeps ending before anything happened.

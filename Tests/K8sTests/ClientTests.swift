@@ -264,3 +264,45 @@ import Testing
         }
     }
 }
+
+@Suite struct SelectorWatchTests {
+    @Test func fieldSelectorOnWatch() async throws {
+        try await withFake { server, client in
+            _ = try await client.create(.namespaces, namespace("other"))
+            let events = Collector(try await client.watch(.pods, options: WatchOptions(fieldSelector: "metadata.name=target", resourceVersion: String(server.revision))))
+            defer { events.stop() }
+            _ = try await client.create(.pods, pod("default", "bystander"))
+            _ = try await client.create(.pods, pod("other", "target"))
+            try await client.delete(.pods, namespace: "default", name: "bystander")
+            try await client.delete(.pods, namespace: "other", name: "target")
+            let got = await events.wait(for: 2)
+            #expect(got.map { e -> String in
+                switch e {
+                case .added(let o): "+\(o.key)"
+                case .deleted(let o): "-\(o.key)"
+                default: "\(e)"
+                }
+            } == ["+other/target", "-other/target"])
+            #expect(await events.extra(after: 2).isEmpty)
+        }
+    }
+
+    /// An informer with a label selector: an object relabelled out of it is a delete for
+    /// the consumer and leaves the cache; relabelled back, an add.
+    @Test func informerFollowsObjectsAcrossItsSelector() async throws {
+        try await withFake { server, client in
+            _ = try await client.create(.pods, pod("default", "x", labels: ["app": "web"]))
+            let informer = Informer(client: client, resource: .pods, options: InformerTests.fastOptions(labelSelector: "app in (web)"))
+            let updates = Collector(informer.stream())
+            defer { updates.stop() }
+            await updates.wait(for: 1)
+            _ = try await client.mergePatch(.pods, namespace: "default", name: "x", patch: ["metadata": ["labels": ["app": "db"]]])
+            await updates.wait(for: 2)
+            #expect(informer.cache.count == 0)
+            _ = try await client.mergePatch(.pods, namespace: "default", name: "x", patch: ["metadata": ["labels": ["app": "web"]]])
+            #expect(await updates.wait(for: 3).map(\.summary) == ["snapshot[default/x]", "-default/x", "+default/x"])
+            #expect(informer.cache.count == 1)
+            _ = server
+        }
+    }
+}

@@ -125,8 +125,10 @@ import Testing
             await updates.wait(for: 1)
             #expect(await eventually { server.openWatches == 1 })
             for i in 0..<5 { _ = try await client.create(.pods, pod("default", "db\(i)", labels: ["app": "db"])) }
+            #expect(informer.cache.resourceVersion == "\(server.revision - 5)")
             server.sendBookmarks()
-            try await Task.sleep(for: .milliseconds(200))
+            let revision = String(server.revision)
+            #expect(await eventually { informer.cache.resourceVersion == revision })
             server.compact(revision: server.revision)
             server.endWatches()
             #expect(await eventually { server.requests("WATCH", "pods") >= 2 && server.openWatches == 1 })
