@@ -30,6 +30,19 @@ public enum InformerUpdate: Sendable, Hashable {
     case events([ObjectChange], resourceVersion: String)
 }
 
+/// What an informer had delivered at one resourceVersion: enough to start again from
+/// there after a restart, without re-listing, when the version is still in the server's
+/// history (a restarted agent then resumes instead of resyncing everything).
+public struct InformerCheckpoint: Sendable, Codable, Equatable {
+    public var objects: [KubeObject]
+    public var resourceVersion: String
+
+    public init(objects: [KubeObject], resourceVersion: String) {
+        self.objects = objects
+        self.resourceVersion = resourceVersion
+    }
+}
+
 /// The objects an informer has delivered, keyed by namespace/name. Read from any task.
 public final class InformerCache: Sendable {
     private let objects = Mutex<[ObjectKey: KubeObject]>([:])
@@ -55,6 +68,15 @@ public final class InformerCache: Sendable {
     public var resourceVersion: String? { version.withLock { $0 } }
 
     func setResourceVersion(_ rv: String?) { version.withLock { $0 = rv } }
+
+    /// The cache and its version, consistent with each other; nil before the first list.
+    public func checkpoint() -> InformerCheckpoint? {
+        objects.withLock { all in
+            version.withLock { rv in
+                rv.map { InformerCheckpoint(objects: all.values.sorted { $0.key < $1.key }, resourceVersion: $0) }
+            }
+        }
+    }
 
     func replace(with snapshot: [ObjectKey: KubeObject]) {
         objects.withLock { $0 = snapshot }
@@ -101,6 +123,15 @@ struct InformerState {
         for (key, old) in known where fresh[key] == nil { changes.append(.deleted(old)) }
         changes.sort { $0.object.key < $1.object.key }
         return changes.isEmpty ? nil : .events(changes, resourceVersion: listVersion)
+    }
+
+    /// Starts from a checkpoint as if it had been listed: its objects become the snapshot.
+    mutating func resume(from checkpoint: InformerCheckpoint) -> InformerUpdate {
+        let items = checkpoint.objects.sorted { $0.key < $1.key }
+        known = Dictionary(items.map { ($0.key, $0) }, uniquingKeysWith: { _, last in last })
+        resourceVersion = checkpoint.resourceVersion
+        listed = true
+        return .snapshot(items, resourceVersion: checkpoint.resourceVersion)
     }
 
     /// A live event; nil when it changes nothing the consumer has not seen.
@@ -177,14 +208,17 @@ public struct Informer: Sendable {
     }
 
     /// Runs list-and-watch until the consumer stops iterating. Start one stream per informer.
-    public func stream() -> AsyncThrowingStream<InformerUpdate, any Error> {
+    /// With a checkpoint, the first update is the checkpoint's snapshot and the watch starts
+    /// at its version; if that version has expired, the re-list yields only the
+    /// differences against the checkpoint, as after any 410.
+    public func stream(resumingFrom checkpoint: InformerCheckpoint? = nil) -> AsyncThrowingStream<InformerUpdate, any Error> {
         let (stream, continuation) = AsyncThrowingStream.makeStream(of: InformerUpdate.self)
-        let task = Task { await self.run(continuation) }
+        let task = Task { await self.run(continuation, checkpoint: checkpoint) }
         continuation.onTermination = { _ in task.cancel() }
         return stream
     }
 
-    private func run(_ out: AsyncThrowingStream<InformerUpdate, any Error>.Continuation) async {
+    private func run(_ out: AsyncThrowingStream<InformerUpdate, any Error>.Continuation, checkpoint: InformerCheckpoint?) async {
         var logger = logger
         logger[metadataKey: "k8s.resource"] = "\(resource)"
         var state = InformerState()
@@ -201,6 +235,12 @@ public struct Informer: Sendable {
                 for change in changes { cache.apply(change) }
             }
             out.yield(update)
+        }
+
+        if let checkpoint {
+            deliver(state.resume(from: checkpoint))
+            cache.setResourceVersion(state.resourceVersion)
+            needsList = false
         }
 
         while !Task.isCancelled {

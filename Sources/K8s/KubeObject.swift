@@ -121,6 +121,17 @@ public struct KubeObject: Sendable, Hashable {
     }
 }
 
+extension KubeObject: Codable {
+    /// As its JSON form, so caches and checkpoints can be written to disk.
+    public init(from decoder: any Decoder) throws {
+        try self.init(json: try JSONValue(from: decoder))
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        try json.encode(to: encoder)
+    }
+}
+
 /// Where an object lives: namespace (nil for cluster-scoped) and name.
 public struct ObjectKey: Sendable, Hashable, Comparable, CustomStringConvertible {
     public var namespace: String?

@@ -1,3 +1,4 @@
+import Foundation
 import FakeKubeAPI
 import K8s
 import Testing
@@ -195,6 +196,58 @@ import Testing
         for _ in 0..<100 {
             let d = random.next()
             #expect(d >= .milliseconds(40) && d <= .milliseconds(400))
+        }
+    }
+}
+
+/// An agent restart: the informer resumes from a checkpoint of its cache.
+@Suite struct InformerResumeTests {
+    /// Runs an informer until its first snapshot and returns its checkpoint, round-tripped
+    /// through JSON as an agent would keep it on disk.
+    static func checkpoint(_ client: KubeClient) async throws -> InformerCheckpoint {
+        let informer = Informer(client: client, resource: .pods, namespace: "default", options: InformerTests.fastOptions())
+        let updates = Collector(informer.stream())
+        await updates.wait(for: 1)
+        updates.stop()
+        let checkpoint = try #require(informer.cache.checkpoint())
+        return try JSONDecoder().decode(InformerCheckpoint.self, from: try JSONEncoder().encode(checkpoint))
+    }
+
+    @Test func resumesWithoutRelisting() async throws {
+        try await withFake { server, client in
+            try await InformerTests.seed(client)
+            let checkpoint = try await Self.checkpoint(client)
+            #expect(checkpoint.objects.map(\.name) == ["a", "b", "d"])
+            #expect(server.requests("LIST", "pods") == 1)
+            try await InformerTests.missedChanges(client)  // while the agent was down
+
+            let informer = Informer(client: client, resource: .pods, namespace: "default", options: InformerTests.fastOptions())
+            let updates = Collector(informer.stream(resumingFrom: checkpoint))
+            defer { updates.stop() }
+            // The replayed history, change by change (the ephemeral pod included), no list.
+            let got = await updates.wait(for: 6)
+            #expect(got.map(\.summary) == [
+                "snapshot[default/a,default/b,default/d]", "+default/c", "~default/a", "-default/b",
+                "+default/ephemeral", "-default/ephemeral",
+            ])
+            #expect(server.requests("LIST", "pods") == 1)
+            #expect(informer.cache.list().map(\.name) == ["a", "c", "d"])
+        }
+    }
+
+    @Test func anExpiredCheckpointRelistsOnlyTheDifferences() async throws {
+        try await withFake { server, client in
+            try await InformerTests.seed(client)
+            let checkpoint = try await Self.checkpoint(client)
+            try await InformerTests.missedChanges(client)
+            server.compact(revision: server.revision)
+
+            let informer = Informer(client: client, resource: .pods, namespace: "default", options: InformerTests.fastOptions())
+            let updates = Collector(informer.stream(resumingFrom: checkpoint))
+            defer { updates.stop() }
+            #expect(await updates.wait(for: 2).map(\.summary) == InformerTests.expectedDiff)
+            #expect(server.requests("LIST", "pods") == 2)
+            #expect(await updates.extra(after: 2).isEmpty)
         }
     }
 }
