@@ -6,6 +6,13 @@
 // status or as an ERROR event), timeoutSeconds, Status bodies, optimistic concurrency
 // (409) and bearer tokens (401). Test controls let a test pause, hold and end watches.
 // It is linked into test targets only.
+//
+// Not modelled (a test that needs one of these must not pass here and fail on a real
+// server by accident): finalizers and graceful deletion, namespace deletion cascading to
+// its objects, generateName, server-side apply, strategic-merge and JSON patches (415),
+// admission, OpenAPI validation of custom resources against their CRD schema, list
+// `resourceVersion`/`resourceVersionMatch` semantics (lists are always current unless
+// continued), watch starts from a version newer than the store's.
 
 import Foundation
 import K8s
