@@ -74,6 +74,19 @@ public final class FakeKubeAPIServer: Sendable {
         var token: String?
         var expiredWatchStart = ExpiredWatchStart.httpStatus
         var watchChunkSize: Int?
+        var cutNextEventAfter: Int?
+        var failures: [Failure] = []
+    }
+
+    /// A request the server answers with an error instead of serving it.
+    struct Failure {
+        var verb: String
+        var plural: String
+        /// Only list requests that carry (true) or lack (false) a continue token.
+        var continued: Bool?
+        var code: Int
+        var reason: String
+        var remaining: Int
     }
 
     struct Gate {
@@ -155,6 +168,21 @@ public final class FakeKubeAPIServer: Sendable {
     /// Writes each watch event in HTTP chunks of at most `size` bytes (nil: one per event),
     /// so clients meet events split across chunks on the real wire.
     public func setWatchChunkSize(_ size: Int?) { settings.withLock { $0.watchChunkSize = size } }
+
+    /// The next watch event written is cut after `bytes` bytes and its connection dropped
+    /// without the chunked terminator, as a connection lost mid-event.
+    public func cutNextWatchEvent(after bytes: Int) { settings.withLock { $0.cutNextEventAfter = bytes } }
+
+    /// Answers the next `times` requests `VERB plural` (`LIST pods`, `WATCH pods`, ...) with
+    /// a Status of `code`/`reason` instead of serving them; `continued` narrows lists to
+    /// continuations (true) or first pages (false).
+    public func failNext(
+        _ verb: String, _ plural: String, code: Int, reason: String, times: Int = 1, continued: Bool? = nil
+    ) {
+        settings.withLock {
+            $0.failures.append(Failure(verb: verb, plural: plural, continued: continued, code: code, reason: reason, remaining: times))
+        }
+    }
 
     /// The current global revision.
     public var revision: Int64 { state.withLock { $0.revision } }
@@ -269,6 +297,14 @@ public final class FakeKubeAPIServer: Sendable {
                     stream: for await output in stream {
                         switch output {
                         case .line(let line):
+                            let cut = settings.withLock { s -> Int? in
+                                defer { s.cutNextEventAfter = nil }
+                                return s.cutNextEventAfter
+                            }
+                            if let cut {
+                                try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: line.prefix(cut)))))
+                                throw FakeServerError(description: "watch cut mid-event (test control)")
+                            }
                             let size = max(1, chunkSize ?? line.count)
                             var start = 0
                             while start < line.count {
@@ -315,8 +351,19 @@ public final class FakeKubeAPIServer: Sendable {
             return .json(404, FakeStatus.json(code: 404, reason: "NotFound", message: "the server could not find the requested resource"))
         }
         let r = route.resource
+        let isWatch = query["watch"] == "true" || query["watch"] == "1"
+        let verb: String =
+            switch (head.method, route.name) {
+            case (.GET, nil): isWatch ? "WATCH" : "LIST"
+            case (.GET, _): "GET"
+            default: head.method.rawValue
+            }
+        if let failure = injectedFailure(verb, r.plural, continued: query["continue"].map { !$0.isEmpty } ?? false) {
+            count(verb, r.plural)
+            return .json(failure.code, FakeStatus.json(code: failure.code, reason: failure.reason, message: "injected by the test"))
+        }
         switch (head.method, route.name) {
-        case (.GET, nil) where query["watch"] == "true" || query["watch"] == "1":
+        case (.GET, nil) where isWatch:
             count("WATCH", r.plural)
             return await watch(route, query: query)
         case (.GET, nil):
@@ -342,6 +389,18 @@ public final class FakeKubeAPIServer: Sendable {
             return delete(route, name: name)
         default:
             return .json(405, FakeStatus.json(code: 405, reason: "MethodNotAllowed", message: "\(head.method) is not supported here"))
+        }
+    }
+
+    private func injectedFailure(_ verb: String, _ plural: String, continued: Bool) -> Failure? {
+        settings.withLock { s in
+            guard let i = s.failures.firstIndex(where: {
+                $0.verb == verb && $0.plural == plural && ($0.continued == nil || $0.continued == continued)
+            }) else { return nil }
+            let failure = s.failures[i]
+            s.failures[i].remaining -= 1
+            if s.failures[i].remaining <= 0 { s.failures.remove(at: i) }
+            return failure
         }
     }
 

@@ -251,3 +251,60 @@ import Testing
         }
     }
 }
+
+/// Faults on the wire: the informer's consumer must see each change once, whatever breaks.
+@Suite struct InformerFaultTests {
+    /// A connection lost in the middle of an event: the half event is never delivered,
+    /// and the re-watch from the last complete event brings it whole, once.
+    @Test func aWatchCutMidEventResumesWithoutLossOrDuplicate() async throws {
+        try await withFake { server, client in
+            _ = try await client.create(.pods, pod("default", "a"))
+            let informer = Informer(client: client, resource: .pods, options: InformerTests.fastOptions())
+            let updates = Collector(informer.stream())
+            defer { updates.stop() }
+            await updates.wait(for: 1)
+            #expect(await eventually { server.openWatches == 1 })
+            server.cutNextWatchEvent(after: 37)
+            _ = try await client.create(.pods, pod("default", "b"))
+            _ = try await client.create(.pods, pod("default", "c"))
+            #expect(await updates.wait(for: 3).map(\.summary) == ["snapshot[default/a]", "+default/b", "+default/c"])
+            #expect(await updates.extra(after: 3).isEmpty)
+            #expect(server.requests("WATCH", "pods") == 2)
+            #expect(server.requests("LIST", "pods") == 1)
+        }
+    }
+
+    /// A 410 on the continue of a paged list (its snapshot was compacted mid-list): the
+    /// informer starts the list over and delivers one consistent snapshot.
+    @Test func anExpiredContinueRestartsTheList() async throws {
+        try await withFake { server, client in
+            for name in ["a", "b", "c"] { _ = try await client.create(.pods, pod("default", name)) }
+            server.failNext("LIST", "pods", code: 410, reason: "Expired", continued: true)
+            let informer = Informer(client: client, resource: .pods, options: InformerTests.fastOptions(pageSize: 2))
+            let updates = Collector(informer.stream())
+            defer { updates.stop() }
+            #expect(await updates.wait(for: 1).map(\.summary) == ["snapshot[default/a,default/b,default/c]"])
+            // page 1, failed page 2, then page 1 and 2 again
+            #expect(server.requests("LIST", "pods") == 4)
+            #expect(await updates.extra(after: 1).isEmpty)
+        }
+    }
+
+    /// Server errors back off and retry the same step: a failing watch does not re-list.
+    @Test func serverErrorsAreRetriedInPlace() async throws {
+        try await withFake { server, client in
+            _ = try await client.create(.pods, pod("default", "a"))
+            server.failNext("LIST", "pods", code: 500, reason: "InternalError", times: 2)
+            server.failNext("WATCH", "pods", code: 503, reason: "ServiceUnavailable", times: 2)
+            let informer = Informer(client: client, resource: .pods, options: InformerTests.fastOptions())
+            let updates = Collector(informer.stream())
+            defer { updates.stop() }
+            await updates.wait(for: 1)
+            #expect(await eventually { server.openWatches == 1 })
+            #expect(server.requests("LIST", "pods") == 3)
+            #expect(server.requests("WATCH", "pods") == 3)
+            _ = try await client.create(.pods, pod("default", "b"))
+            #expect(await updates.wait(for: 2).map(\.summary) == ["snapshot[default/a]", "+default/b"])
+        }
+    }
+}
