@@ -306,3 +306,45 @@ import Testing
         }
     }
 }
+
+@Suite struct NodeTaintTests {
+    static func node(taints: JSONValue) -> KubeObject {
+        KubeObject(apiVersion: "v1", kind: "Node", metadata: ObjectMeta(name: "node1"), body: ["spec": ["taints": taints]])
+    }
+
+    static let notReady: JSONValue = ["key": .string(FathomTaint.agentNotReady), "value": "true", "effect": "NoSchedule"]
+    static let other: JSONValue = ["key": "dedicated", "value": "db", "effect": "NoSchedule"]
+
+    @Test func removesOnlyTheAgentTaintAndRetriesConflicts() async throws {
+        try await withFake { server, client in
+            _ = try await client.create(.nodes, Self.node(taints: [Self.notReady, Self.other]))
+            server.failNext("PATCH", "nodes", code: 409, reason: "Conflict")
+            #expect(try await client.removeTaint(FathomTaint.agentNotReady, fromNode: "node1"))
+            #expect(server.requests("PATCH", "nodes") == 2)
+            #expect(server.requests("GET", "nodes") == 2)
+            let node = try await client.get(.nodes, name: "node1")
+            #expect(node.spec?["taints"] == [Self.other])
+            // Already gone: nothing is written.
+            #expect(try await client.removeTaint(FathomTaint.agentNotReady, fromNode: "node1") == false)
+            #expect(server.requests("PATCH", "nodes") == 2)
+        }
+    }
+
+    /// The patch carries the version it was computed from: a taint added by someone else
+    /// after our read makes it a 409 instead of being silently dropped.
+    @Test func aStalePatchIsAConflictNotALostTaint() async throws {
+        try await withFake { server, client in
+            let created = try await client.create(.nodes, Self.node(taints: [Self.notReady]))
+            _ = try await client.mergePatch(.nodes, name: "node1", patch: ["spec": ["taints": [Self.notReady, Self.other]]])
+            let stale = await #expect(throws: KubeAPIError.self) {
+                try await client.mergePatch(.nodes, name: "node1", patch: [
+                    "metadata": ["resourceVersion": .string(created.resourceVersion ?? "")], "spec": ["taints": nil],
+                ])
+            }
+            #expect(stale?.isConflict == true)
+            #expect(try await client.removeTaint(FathomTaint.agentNotReady, fromNode: "node1"))
+            #expect(try await client.get(.nodes, name: "node1").spec?["taints"] == [Self.other])
+            _ = server
+        }
+    }
+}
