@@ -162,3 +162,44 @@ let package = Package(
             swiftSettings: swift6),
     ]
 )
+
+// ---- Kubernetes ----------------------------------------------------------------------
+// The Kubernetes client (K8s), the in-process fake API server its tests run against
+// (FakeKubeAPI, linked into tests only) and the suite that also checks deploy/.
+package.dependencies.append(contentsOf: [
+    .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+    // Already in the graph through async-http-client; named so K8s can build TLS settings.
+    .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.0"),
+])
+package.targets.append(contentsOf: [
+    .target(
+        name: "K8s",
+        dependencies: [
+            "Model", "ClusterStore", "Policy",
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Yams", package: "Yams"),
+        ],
+        swiftSettings: swift6),
+    .target(
+        name: "FakeKubeAPI",
+        dependencies: [
+            "K8s",  // JSONValue only: the fake's wire logic is its own
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ],
+        swiftSettings: swift6),
+    .testTarget(
+        name: "K8sTests",
+        dependencies: [
+            "K8s", "FakeKubeAPI", "ClusterStore", "Model", "Policy",
+            .product(name: "Yams", package: "Yams"),
+        ],
+        swiftSettings: swift6),
+])
+// ---- end of Kubernetes entries -------------------------------------------------------

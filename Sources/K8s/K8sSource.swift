@@ -1,0 +1,264 @@
+// Kubernetes as the source of the cluster model: watches the API server and mirrors what
+// it sees into the cluster store (a `KVStore`, etcd in production) under the keys the
+// agent already reads — Cilium's kvstore mode, where agents consume a store fed from
+// Kubernetes. The agent needs no second input path: objects from the API server arrive
+// exactly as `fathom apply` and `fathom lab` would have written them.
+//
+// What is mirrored, and who owns what:
+// - Namespaces -> /fathom/namespaces/<name> (NamespaceRecord). Owned by the source.
+// - Pods -> /fathom/pods/<ns>/<name> (PodRecord): the source owns labels, service account,
+//   ports and node; the address and container ID are the agent's (written on CNI ADD) and
+//   are kept. Records the agent made for pods without a Kubernetes object (podman, ctr)
+//   are left alone. Host-network pods are skipped: they are not endpoints.
+// - NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy ->
+//   /fathom/policies/<Kind>/<ns|_>/<name>, parsed by the Policy module exactly as
+//   `fathom apply` parses them. A policy Fathom cannot parse keeps its last good version
+//   in the store (never silently dropped: dropping a deny opens traffic) and is reported
+//   in `problems`.
+// - Nodes: labels only, onto node records that exist. The record itself (address, pod
+//   CIDR) belongs to the node's agent and its IPAM.
+// Not mirrored yet: Services, EndpointSlices and CiliumEgressGatewayPolicy (the store has
+// no keys for them in this branch).
+
+import ClusterStore
+import Foundation
+import Logging
+import Model
+import Policy
+import Synchronization
+
+public struct K8sSource: Sendable {
+    public let client: KubeClient
+    public let store: any KVStore
+    public let options: InformerOptions
+    private let logger: Logger
+    private let problemList = ProblemList()
+
+    public init(
+        client: KubeClient, store: any KVStore, options: InformerOptions = .init(),
+        logger: Logger = Logger(label: "fathom.k8s.source")
+    ) {
+        self.client = client
+        self.store = store
+        self.options = options
+        self.logger = logger
+    }
+
+    /// Objects the source could not mirror, by `Kind ns/name`, with the reason.
+    public var problems: [String: String] { problemList.all }
+
+    /// The resources mirrored, with their store prefix and mapping.
+    var mirrors: [Mirror] {
+        [
+            Mirror(resource: .namespaces, prefix: StoreKeys.namespaces, kind: .namespace),
+            Mirror(resource: .pods, prefix: StoreKeys.pods, kind: .pod),
+            Mirror(resource: .networkPolicies, prefix: StoreKeys.policies + "NetworkPolicy/", kind: .policy),
+            Mirror(resource: .ciliumNetworkPolicies, prefix: StoreKeys.policies + "CiliumNetworkPolicy/", kind: .policy),
+            Mirror(
+                resource: .ciliumClusterwideNetworkPolicies, prefix: StoreKeys.policies + "CiliumClusterwideNetworkPolicy/",
+                kind: .policy),
+            Mirror(resource: .nodes, prefix: StoreKeys.nodes, kind: .nodeLabels),
+        ]
+    }
+
+    /// Runs every mirror until cancelled. Each informer retries on its own; a failing store
+    /// write is retried with the next update of that object or the next re-list.
+    public func run() async {
+        await withTaskGroup(of: Void.self) { group in
+            for mirror in mirrors {
+                group.addTask { await self.run(mirror) }
+            }
+        }
+    }
+
+    private func run(_ mirror: Mirror) async {
+        var logger = logger
+        logger[metadataKey: "k8s.resource"] = "\(mirror.resource)"
+        let informer = Informer(client: client, resource: mirror.resource, options: options, logger: logger)
+        do {
+            for try await update in informer.stream() {
+                do {
+                    switch update {
+                    case .snapshot(let objects, _): try await sync(mirror, objects)
+                    case .events(let changes, _):
+                        for change in changes {
+                            switch change {
+                            case .added(let o), .modified(let o): try await upsert(mirror, o)
+                            case .deleted(let o): try await remove(mirror, o)
+                            }
+                        }
+                    }
+                } catch {
+                    logger.warning("mirroring into the store failed", metadata: ["error": "\(error)"])
+                }
+            }
+        } catch {
+            logger.error("informer ended", metadata: ["error": "\(error)"])
+        }
+    }
+
+    // MARK: Mirroring
+
+    /// After a (re-)list: writes every object and deletes what the source owns in the
+    /// store but Kubernetes no longer has (changes missed while the source was down).
+    func sync(_ mirror: Mirror, _ objects: [KubeObject]) async throws {
+        var wanted: Set<String> = []
+        for object in objects {
+            if let key = try await upsert(mirror, object) { wanted.insert(key) }
+        }
+        guard mirror.kind != .nodeLabels else { return }
+        let (existing, _) = try await store.list(prefix: mirror.prefix)
+        for kv in existing where !wanted.contains(kv.key) && owned(mirror, kv) {
+            if mirror.kind == .policy, problemList.hasProblem(forKey: kv.key) { continue }
+            try await store.delete(kv.key)
+        }
+    }
+
+    /// Whether a store key under the mirror's prefix was written by this source.
+    private func owned(_ mirror: Mirror, _ kv: KeyValue) -> Bool {
+        guard mirror.kind == .pod else { return true }
+        let record = try? JSONDecoder().decode(PodRecord.self, from: Data(kv.value))
+        return record?.recordedByAgent != true
+    }
+
+    /// Writes one object; returns its key (nil when the object maps to nothing).
+    @discardableResult
+    func upsert(_ mirror: Mirror, _ object: KubeObject) async throws -> String? {
+        switch mirror.kind {
+        case .namespace:
+            let record = NamespaceRecord(name: object.name, labels: object.metadata.labels)
+            let key = StoreKeys.namespace(object.name)
+            try await putIfChanged(key, try Self.encode(record))
+            return key
+        case .pod:
+            guard var record = Self.podRecord(object) else { return nil }
+            let key = StoreKeys.pod(record.namespace, record.name)
+            try await compareAndSwap(key) { existing in
+                if let existing = existing.flatMap({ try? JSONDecoder().decode(PodRecord.self, from: Data($0.value)) }) {
+                    // The agent's part of the record stays.
+                    record.ip = existing.ip ?? record.ip
+                    record.containerID = existing.containerID
+                    record.node = record.node ?? existing.node
+                }
+                return try Self.encode(record)
+            }
+            return key
+        case .policy:
+            let label = "\(object.kind) \(object.key)"
+            do {
+                let policy = try Self.policyObject(object)
+                problemList.clear(label)
+                try await putIfChanged(policy.storeKey, try Self.encode(policy))
+                return policy.storeKey
+            } catch let error as PolicyParseError {
+                let key = StoreKeys.policy(kind: object.kind, namespace: object.namespace, name: object.name)
+                problemList.record(label, key: key, "\(error.field): \(error.reason)")
+                logger.warning(
+                    "policy not applied; its last good version stays", metadata: ["k8s.object": "\(label)", "error": "\(error)"])
+                return key
+            }
+        case .nodeLabels:
+            let key = StoreKeys.node(object.name)
+            try await compareAndSwap(key) { existing in
+                guard let existing, var node = try? JSONDecoder().decode(NodeRecord.self, from: Data(existing.value)) else {
+                    return nil  // no record: the node's agent has not registered it yet
+                }
+                node.labels = object.metadata.labels
+                return try Self.encode(node)
+            }
+            return key
+        }
+    }
+
+    func remove(_ mirror: Mirror, _ object: KubeObject) async throws {
+        switch mirror.kind {
+        case .namespace: try await store.delete(StoreKeys.namespace(object.name))
+        case .pod:
+            guard let ns = object.namespace else { return }
+            try await store.delete(StoreKeys.pod(ns, object.name))
+        case .policy:
+            problemList.clear("\(object.kind) \(object.key)")
+            try await store.delete(StoreKeys.policy(kind: object.kind, namespace: object.namespace, name: object.name))
+        case .nodeLabels:
+            break  // the node's record goes with its agent's heartbeat, not with the Node object
+        }
+    }
+
+    private func putIfChanged(_ key: String, _ value: [UInt8]) async throws {
+        if try await store.get(key)?.value == value { return }
+        try await store.put(key, value)
+    }
+
+    /// Read-modify-write against concurrent writers (the agent writes pod records too):
+    /// retried until the key did not change between read and write. `make` returning nil
+    /// leaves the key alone.
+    private func compareAndSwap(_ key: String, _ make: (KeyValue?) throws -> [UInt8]?) async throws {
+        for _ in 0..<10 {
+            let existing = try await store.get(key)
+            guard let value = try make(existing) else { return }
+            if existing?.value == value { return }
+            let result = try await store.txn(
+                if: [.modRevision(key, equals: existing?.modRevision ?? 0)], then: [.put(key, value, lease: 0)], else: [])
+            if result.succeeded { return }
+        }
+        throw StoreConflict(key: key)
+    }
+
+    // MARK: Mapping (pure, tested on their own)
+
+    /// The pod as the store records it; nil for host-network pods, which are not endpoints.
+    public static func podRecord(_ object: KubeObject) -> PodRecord? {
+        guard let namespace = object.namespace else { return nil }
+        let spec = object.spec
+        if spec?["hostNetwork"]?.boolValue == true { return nil }
+        var ports: [ContainerPort] = []
+        for container in spec?["containers"]?.arrayValue ?? [] {
+            for port in container["ports"]?.arrayValue ?? [] {
+                guard let number = port["containerPort"]?.intValue, let p = UInt16(exactly: number) else { continue }
+                ports.append(ContainerPort(name: port["name"]?.stringValue, proto: port["protocol"]?.stringValue ?? "TCP", port: p))
+            }
+        }
+        return PodRecord(
+            namespace: namespace, name: object.name, labels: object.metadata.labels,
+            serviceAccount: spec?["serviceAccountName"]?.stringValue ?? "default", ports: ports,
+            node: spec?["nodeName"]?.stringValue,
+            ip: object.status?["podIP"]?.stringValue.flatMap(IPv4Address.init))
+    }
+
+    /// Parses a policy object with the Policy module's manifest parser, as `fathom apply`.
+    public static func policyObject(_ object: KubeObject) throws -> PolicyObject {
+        guard let doc = object.json.anyValue as? [String: Any] else {
+            throw PolicyParseError(file: "k8s", document: 1, field: "(object)", reason: "not an object")
+        }
+        return try PolicyManifest.parse(doc, file: "k8s \(object.kind) \(object.key)", document: 1)
+    }
+
+    static func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
+        Array(try JSONEncoder().encode(value))
+    }
+}
+
+/// A resource mirrored into one store prefix.
+struct Mirror: Sendable {
+    enum Kind: Sendable { case namespace, pod, policy, nodeLabels }
+    var resource: Resource
+    var prefix: String
+    var kind: Kind
+}
+
+/// The store kept changing a key between read and write.
+public struct StoreConflict: Error, CustomStringConvertible {
+    public var key: String
+    public var description: String { "cluster store key \(key) kept changing; giving up this update" }
+}
+
+/// Objects that could not be mirrored, and the store keys they would own.
+final class ProblemList: Sendable {
+    private let entries = Mutex<[String: (key: String, reason: String)]>([:])
+
+    var all: [String: String] { entries.withLock { $0.mapValues(\.reason) } }
+
+    func record(_ label: String, key: String, _ reason: String) { entries.withLock { $0[label] = (key, reason) } }
+    func clear(_ label: String) { _ = entries.withLock { $0.removeValue(forKey: label) } }
+    func hasProblem(forKey key: String) -> Bool { entries.withLock { $0.values.contains { $0.key == key } } }
+}
