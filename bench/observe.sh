@@ -78,7 +78,7 @@ spec:
 EOF
   "$FATHOM" lab status --lab "$l" -o json >"$tmp/$l.json"
   SRV="$(jq -r '.pods[] | select(.name == "srv") | .ip' "$tmp/$l.json")"
-  CLI_NS="$(jq -r '.pods[] | select(.name == "cli") | .netns' "$tmp/$l.json")"
+  CLI_NS="/run/netns/$(jq -r '.pods[] | select(.name == "cli") | .netns' "$tmp/$l.json")"
   sleep 1
   metrics "$l" >"$tmp/$l.m0"
 
@@ -91,7 +91,7 @@ EOF
     decoded=$(( $(sample "$tmp/$l.b" 'fathom_flows_processed_total{type="Drop",verdict="DROPPED"}') - $(sample "$tmp/$l.a" 'fathom_flows_processed_total{type="Drop",verdict="DROPPED"}') ))
     lost_ring=$(( $(sample "$tmp/$l.b" 'fathom_lost_events_total{source="perf_event_ring_buffer"}') - $(sample "$tmp/$l.a" 'fathom_lost_events_total{source="perf_event_ring_buffer"}') ))
     lost_queue=$(( $(sample "$tmp/$l.b" 'fathom_lost_events_total{source="observer_events_queue"}') - $(sample "$tmp/$l.a" 'fathom_lost_events_total{source="observer_events_queue"}') ))
-    secs="$(echo "$flood" | awk '{ if ($4 > 0) printf "%.3f", $1 / $4; else print 0 }')"
+    secs="$(echo "$flood" | awk '{ if ($3 > 0) printf "%.3f", $1 / $3; else print 0 }')"
     echo "flood $l $ring $r $secs $drops $decoded $lost_ring $lost_queue" >>"$tmp/results"
   done
   rss_full="$(sample "$tmp/$l.b" fathom_agent_resident_memory_bytes)"
