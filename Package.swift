@@ -71,6 +71,7 @@ let package = Package(
             name: "Agent",
             dependencies: [
                 "Model", "IPAM", "AgentAPI", "ClusterStore", "Netlink", "Identity", "Datapath", "Policy",
+                "Services",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swift6),
@@ -82,12 +83,17 @@ let package = Package(
         .target(
             name: "CLI",
             dependencies: [
-                "Model", "AgentAPI", "LabKit", "Policy",
+                "Model", "AgentAPI", "LabKit", "Policy", "Services",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: swift6),
         .target(name: "TestSupport", dependencies: ["Netlink"], swiftSettings: swift6),
+
+        // ---- Services (owned by the services work; edit only these entries) -----------
+        .target(name: "Services", dependencies: ["Model", "ClusterStore"], swiftSettings: swift6),
+        .testTarget(name: "ServicesTests", dependencies: ["Services", "ClusterStore", "Model"], swiftSettings: swift6),
+        // ---- end of services entries ---------------------------------------------------
 
         // ---- Executables (thin) --------------------------------------------------------
         .executableTarget(name: "fathom", dependencies: ["CLI"], swiftSettings: swift6),
