@@ -25,6 +25,9 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 
 	*trace = 0;
 	if (state == FTH_CT_REPLY) {
+		c->is_reply = 1;
+		if (e)
+			c->rev_nat_id = e->rev_nat_id;
 		if (first || new_flags)
 			*trace = FTH_TRACE_REPLY;
 		return 0;
@@ -52,7 +55,7 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 			return ret;
 		}
 	}
-	ret = ct_create(&c->flow, c->src_identity, c->rule_ref);
+	ret = ct_create(&c->flow, c->src_identity, c->rule_ref, c->rev_nat_id);
 	if (ret)
 		return ret;
 	*trace = FTH_TRACE_NEW;
