@@ -107,6 +107,8 @@ struct Apply: ParsableCommand {
             case .policy(let p):
                 try lab.change(.policyPut(key: p.storeKey, json: try JSONEncoder().encode(p)))
                 print("\(p.kind.rawValue.lowercased())/\(p.name) configured")
+            case .service, .endpointSlice:
+                print(try applyServiceManifest(m, lab: lab))
             }
         }
     }
@@ -128,6 +130,8 @@ struct Delete: ParsableCommand {
             case .policy(let p):
                 try lab.change(.policyDelete(key: p.storeKey))
                 print("\(p.kind.rawValue.lowercased())/\(p.name) deleted")
+            case .service, .endpointSlice:
+                print(try deleteServiceManifest(m, lab: lab))
             }
         }
     }
@@ -137,7 +141,7 @@ struct Get: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "List objects: namespaces, nodes, pods.")
     @OptionGroup var labOptions: LabOptions
     @OptionGroup var nodeOptions: NodeOptions
-    @Argument(help: "Kind: namespaces (ns), nodes, pods, networkpolicies (netpol), ciliumnetworkpolicies (cnp), ciliumclusterwidenetworkpolicies (ccnp).") var kind: String
+    @Argument(help: "Kind: namespaces (ns), nodes, pods, services (svc), networkpolicies (netpol), ciliumnetworkpolicies (cnp), ciliumclusterwidenetworkpolicies (ccnp).") var kind: String
     @Option(name: .shortAndLong, help: "Output format: text or json.") var output: OutputFormat = .text
 
     func listKind() throws -> ListKind {
@@ -145,9 +149,10 @@ struct Get: ParsableCommand {
         case "namespace", "namespaces", "ns": .namespaces
         case "node", "nodes": .nodes
         case "pod", "pods", "po": .pods
+        case "service", "services", "svc": .services
         case "networkpolicy", "networkpolicies", "netpol", "ciliumnetworkpolicy", "ciliumnetworkpolicies", "cnp",
              "ciliumclusterwidenetworkpolicy", "ciliumclusterwidenetworkpolicies", "ccnp": .policies
-        default: throw ValidationError("unknown kind '\(kind)'; use namespaces, nodes, pods, networkpolicies, ciliumnetworkpolicies or ciliumclusterwidenetworkpolicies")
+        default: throw ValidationError("unknown kind '\(kind)'; use namespaces, nodes, pods, services, networkpolicies, ciliumnetworkpolicies or ciliumclusterwidenetworkpolicies")
         }
     }
 

@@ -43,17 +43,24 @@ public struct ServiceStore: Sendable {
                 }
                 rec.clusterIP = old
             }
-            let claimed = Set(try await store.list(prefix: StoreKeys.clusterIPs).items.map { $0.key })
+            // Claims this service already holds (their compare is "still ours").
+            var ours: Set<String> = []
             if let ip = rec.clusterIP {
-                if let kv = try await store.get(StoreKeys.clusterIP(ip)), kv.value != owner {
-                    throw ServiceAllocationError("service \(rec.key): clusterIP \(ip) is already allocated to \(kv.string); pick another or leave clusterIP out")
+                if let kv = try await store.get(StoreKeys.clusterIP(ip)) {
+                    guard kv.value == owner else {
+                        throw ServiceAllocationError("service \(rec.key): clusterIP \(ip) is already allocated to \(kv.string); pick another or leave clusterIP out")
+                    }
+                    ours.insert(kv.key)
                 }
             } else {
+                let claimed = Set(try await store.list(prefix: StoreKeys.clusterIPs).items.map { $0.key })
                 rec.clusterIP = try firstFreeIP(claimed)
             }
 
             // Node ports: explicit, kept (same port name and protocol), or the first free ones.
-            let portClaims = try await store.list(prefix: StoreKeys.nodePorts).items
+            let portClaims = rec.type == .nodePort || existing?.type == .nodePort
+                ? try await store.list(prefix: StoreKeys.nodePorts).items : []
+            ours.formUnion(portClaims.filter { $0.value == owner }.map(\.key))
             var taken = Set(portClaims.filter { $0.value != owner }.compactMap { UInt16($0.key.dropFirst(StoreKeys.nodePorts.count)) })
             if rec.type == .nodePort {
                 for (i, p) in rec.ports.enumerated() {
@@ -84,7 +91,7 @@ public struct ServiceStore: Sendable {
             var newClaims = [StoreKeys.clusterIP(rec.clusterIP!)]
             newClaims += rec.ports.compactMap(\.nodePort).map(StoreKeys.nodePort)
             for key in Set(newClaims) {
-                if claimed.contains(key) || portClaims.contains(where: { $0.key == key }) {
+                if ours.contains(key) {
                     compares.append(.value(key, equals: owner))
                 } else {
                     compares.append(.absent(key))
