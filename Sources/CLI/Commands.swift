@@ -99,6 +99,7 @@ struct Apply: ParsableCommand {
     func run() throws {
         let manifests = try file.manifests()   // the whole file is checked before anything is applied
         let lab = try labOptions.open()
+        var services: [Manifest] = []
         for m in manifests {
             switch m {
             case .namespace(let ns):
@@ -108,9 +109,10 @@ struct Apply: ParsableCommand {
                 try lab.change(.policyPut(key: p.storeKey, json: try JSONEncoder().encode(p)))
                 print("\(p.kind.rawValue.lowercased())/\(p.name) configured")
             case .service, .endpointSlice:
-                print(try applyServiceManifest(m, lab: lab))
+                services.append(m)
             }
         }
+        for line in try applyServiceManifests(services, lab: lab) { print(line) }
     }
 }
 

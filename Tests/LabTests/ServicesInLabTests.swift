@@ -185,6 +185,12 @@ extension LabTests {
         let lb = try t.must(["bpf", "lb", "--node", "node1"])
         #expect(lb.contains("\(b3):8080") && !lb.contains("\(b1):8080"), "\(lb)")
 
+        // The agent restarts: the pinned maps keep their ids and tables, the service works on.
+        let before = try t.must(["bpf", "lb", "--node", "node1"])
+        try t.must(["lab", "agent", "restart", "node1"])
+        #expect(try t.must(["bpf", "lb", "--node", "node1"]) == before)
+        #expect(try seen(t, "default/client", "10.96.0.20", port: 80, count: 3).allSatisfy { $0 != nil })
+
         // No backend left: dropped with reason 158, and the drop says so.
         try t.must(["apply", "-f", "-"], input: slice([]).replacingOccurrences(of: "endpoints:\n", with: "endpoints: []\n"))
         #expect(try t.probe("default/client", "10.96.0.20", port: 80).status == 1)
