@@ -54,10 +54,19 @@ extension Agent {
             do { rec = try JSONDecoder().decode(ServiceRecord.self, from: json) } catch {
                 throw APIFailure(.invalid, "not a service: \(error)")
             }
-            do {
-                return .ok(revision: try await services.apply(rec).1)
-            } catch let e as ServiceAllocationError {
-                throw APIFailure(.invalid, e.description)
+            // A store that dropped its connection under a burst of applies answers again
+            // after a reconnect; applying the same record twice is harmless.
+            var attempt = 0
+            while true {
+                do {
+                    return .ok(revision: try await services.apply(rec).1)
+                } catch let e as ServiceAllocationError {
+                    throw APIFailure(.invalid, e.description)
+                } catch let e as StoreError where e.code == .unavailable && attempt < 5 {
+                    attempt += 1
+                    log.info("store unavailable while applying a service; retrying", metadata: ["service": "\(rec.key)", "error": "\(e)"])
+                    try await Task.sleep(nanoseconds: 100_000_000 << UInt64(attempt))
+                }
             }
         case .serviceDelete(let ns, let name):
             return .ok(revision: try await services.delete(namespace: ns, name: name))

@@ -144,6 +144,28 @@ struct ServiceFixtureTests {
         #expect(Self.dst(moved.packet) == Fixture.remotePod)
     }
 
+    @Test func aClientPortReusedForTheServiceIsTranslatedBack() throws {
+        let f = try Fixture()
+        try service(f, backends: [1])
+        try allowIntoB(f, from: a.identity)
+        // A direct connection a:40000 -> b:8080, closed...
+        #expect(try f.fromContainer(a, Self.tcp(a.ip, b.ip, 40000, 8080)).verdict == TC.redirect)
+        #expect(try f.fromContainer(a, Self.tcp(a.ip, b.ip, 40000, 8080, flags: 0x11)).verdict == TC.redirect)
+        // ...then the same port to the cluster IP lands on the same tuple after translation:
+        // a new connection, whose replies must come from the service address.
+        #expect(Self.dst(try f.fromContainer(a, Self.tcp(a.ip, Self.vip, 40000, 80)).packet) == b.ip)
+        let back = try f.fromContainer(b, Self.tcp(b.ip, a.ip, 8080, 40000, flags: 0x12))
+        #expect(Self.src(back.packet) == Self.vip && Self.sport(back.packet) == 80)
+        // And the other way round, without a close (UDP): a pod port first used through the
+        // service, then directly, is not translated back.
+        try service(f, backends: [1], proto: IPProtocol.udp)
+        try allowIntoB(f, from: a.identity, proto: IPProtocol.udp)
+        _ = try f.fromContainer(a, Self.udp(a.ip, Self.vip, 5000, 80))
+        _ = try f.fromContainer(a, Self.udp(a.ip, b.ip, 5000, 8080))
+        let direct = try f.fromContainer(b, Self.udp(b.ip, a.ip, 8080, 5000))
+        #expect(Self.src(direct.packet) == b.ip && Self.sport(direct.packet) == 8080)
+    }
+
     @Test func serviceWithoutBackendsDrops158() throws {
         let f = try Fixture()
         try service(f, backends: [])

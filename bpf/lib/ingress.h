@@ -32,6 +32,14 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 			*trace = FTH_TRACE_REPLY;
 		return 0;
 	}
+	/* A new connection on the tuple of an old one: the tuple was translated
+	 * differently (a client port reused between a pod and a service address), or a
+	 * SYN follows the old connection's close. It is new: policy is checked again
+	 * and the entry made afresh. */
+	if (state == FTH_CT_ESTABLISHED && e &&
+	    (e->rev_nat_id != c->rev_nat_id ||
+	     ((c->flow.tcp_flags & (FTH_TCP_SYN | FTH_TCP_ACK)) == FTH_TCP_SYN && (e->flags & FTH_CT_F_CLOSING))))
+		state = FTH_CT_NEW;
 	if (state == FTH_CT_ESTABLISHED) {
 		if (new_flags)
 			*trace = FTH_TRACE_ESTABLISHED;

@@ -170,6 +170,9 @@ static __always_inline struct lb4_backend *lb4_select(const struct lb4_service *
 	__u32 id = 0;
 
 	*trace = 0;
+	/* A SYN after the connection on this tuple closed starts a new one. */
+	if (e && (e->flags & FTH_CT_F_CLOSING) && (f->tcp_flags & (FTH_TCP_SYN | FTH_TCP_ACK)) == FTH_TCP_SYN)
+		e = 0;
 	if (e) {
 		id = e->backend_id;
 		be = bpf_map_lookup_elem(&fth_lb4_be_v1, &id);
