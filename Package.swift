@@ -94,7 +94,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "Model", "IPAM", "AgentAPI", "ClusterStore", "Netlink", "Identity", "Datapath", "Policy", "Observe", "ObserveProto",
+                "Model", "IPAM", "AgentAPI", "ClusterStore", "Netlink", "Identity", "Datapath", "Policy", "Observe", "ObserveProto", "Services",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -107,12 +107,17 @@ let package = Package(
         .target(
             name: "CLI",
             dependencies: [
-                "Model", "AgentAPI", "LabKit", "Policy", "Observe", "ObserveProto",
+                "Model", "AgentAPI", "LabKit", "Policy", "Observe", "ObserveProto", "Services",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: swift6),
         .target(name: "TestSupport", dependencies: ["Netlink"], swiftSettings: swift6),
+
+        // ---- Services (owned by the services work; edit only these entries) -----------
+        .target(name: "Services", dependencies: ["Model", "ClusterStore"], swiftSettings: swift6),
+        .testTarget(name: "ServicesTests", dependencies: ["Services", "ClusterStore", "Model"], swiftSettings: swift6),
+        // ---- end of services entries ---------------------------------------------------
 
         // ---- Executables (thin) --------------------------------------------------------
         .executableTarget(name: "fathom", dependencies: ["CLI"], swiftSettings: swift6),

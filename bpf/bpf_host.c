@@ -1,9 +1,18 @@
 /* Program on the node's uplink.
  *
- * from-netdev (tcx ingress): packets from other nodes and the outside. One for a
- * pod on this node passes the pod's ingress policy (or its conntrack entry) and
- * is delivered straight into the pod (bpf_redirect_peer); everything else is the
- * node's and goes to the kernel stack untouched.
+ * from-netdev (tcx ingress): packets from other nodes and the outside, in this
+ * order (DESIGN.md, one translation engine):
+ *   1. replies to connections this node source-NATed (a node port forwarded to a
+ *      backend on another node) get their client back as destination and the node
+ *      port as source, and leave again with bpf_fib_lookup + bpf_redirect(_neigh);
+ *   2. a node port on this node's address is translated to a backend (lib/lb.h): a
+ *      local one gets the packet straight (client address kept); a remote one gets
+ *      it from this node's address (SNAT, lib/nat.h), unless the service's
+ *      externalTrafficPolicy is Local (then only local backends are in its table);
+ *   3. one for a pod on this node passes the pod's ingress policy (or its conntrack
+ *      entry; a reply of a translated connection gets its frontend back) and is
+ *      delivered straight into the pod (bpf_redirect_peer);
+ * everything else is the node's and goes to the kernel stack untouched.
  */
 #include "lib/common.h"
 #include "lib/ipcache.h"
@@ -12,18 +21,120 @@
 #include "lib/conntrack.h"
 #include "lib/events.h"
 #include "lib/ingress.h"
+#include "lib/fib.h"
+#include "lib/lb.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Delivers to a local pod after its ingress policy or conntrack entry. */
+static __always_inline int to_local_endpoint(struct __sk_buff *skb, struct fth_ctx *c, struct endpoint_info *dst)
+{
+	__u8 trace;
+	int ret;
+
+	c->endpoint_id = dst->ep_id;
+	c->dst_identity = dst->identity;
+	if (dst->flags & FTH_EP_LOCKDOWN)
+		return drop(skb, c, FTH_DROP_ENDPOINT_LOCKDOWN, FTH_DIR_INGRESS);
+	ret = ct_and_policy(c, 0, dst, &trace);
+	if (ret)
+		return drop(skb, c, ret, c->direction);
+	ret = lb4_reverse(skb, c);
+	if (ret)
+		return drop(skb, c, ret, FTH_DIR_INGRESS);
+	ret = endpoint_deliver(skb, dst);
+	if (ret < 0)
+		return drop(skb, c, -ret, FTH_DIR_INGRESS);
+	return forward(skb, c, trace, ret);
+}
+
+/* Step 1: a reply to a node port connection this node sent to another node.
+ * Returns 1 when it was one (*verdict set), 0 when not, or a negative drop reason. */
+static __always_inline int nodeport_reply(struct __sk_buff *skb, struct fth_ctx *c, int *verdict)
+{
+	struct fth_flow f = c->flow;
+	__u16 rev_id = 0;
+	int ret = snat4_reverse(skb, &f, &rev_id);
+
+	if (ret <= 0)
+		return ret;
+	c->rev_nat_id = rev_id;
+	c->is_reply = 1;
+	c->dst_identity = ipcache_identity(f.daddr);
+	if (rev_id) {
+		__u32 id = rev_id;
+		struct lb4_rev *rev = bpf_map_lookup_elem(&fth_lb4_rev_v1, &id);
+
+		if (rev) {
+			c->xlated_saddr = rev->addr;
+			ret = nat_rewrite(skb, &f, 0, rev->addr, rev->port);
+			if (ret)
+				return -ret;
+		}
+	}
+	ret = fib_forward_ipv4(skb, &f);
+	if (ret < 0)
+		return ret;
+	*verdict = forward(skb, c, c->flow.tcp_flags & (FTH_TCP_SYN | FTH_TCP_FIN | FTH_TCP_RST) ? FTH_TRACE_REPLY : 0, ret);
+	return 1;
+}
+
+/* Step 2: a node port. */
+static __always_inline int nodeport(struct __sk_buff *skb, struct fth_ctx *c, struct lb4_service *svc)
+{
+	struct endpoint_info *dst;
+	struct lb4_backend *be;
+	struct fth_flow f;
+	__u8 trace, reason = 0;
+	int ret;
+
+	be = lb4_select(svc, &c->flow, &trace, &reason);
+	if (!be)
+		return drop(skb, c, reason, FTH_DIR_INGRESS);
+	c->rev_nat_id = (__u16)svc->id;
+	ret = nat_rewrite(skb, &c->flow, 1, be->addr, be->port);
+	if (ret)
+		return drop(skb, c, ret, FTH_DIR_INGRESS);
+	dst = endpoint_lookup(c->flow.daddr);
+	if (dst)
+		return to_local_endpoint(skb, c, dst);
+	if (svc->flags & FTH_LB_F_LOCAL)
+		return drop(skb, c, FTH_DROP_SERVICE_BACKEND_NOT_FOUND, FTH_DIR_INGRESS);
+	/* A backend on another node: from this node's address, so that its replies
+	 * come back here to be translated. */
+	c->dst_identity = ipcache_identity(c->flow.daddr);
+	f = c->flow;
+	ret = snat4(skb, &f, fth_node_ip, (__u16)svc->id);
+	if (ret)
+		return drop(skb, c, ret, FTH_DIR_INGRESS);
+	c->xlated_saddr = fth_node_ip;
+	ret = fib_forward_ipv4(skb, &f);
+	if (ret < 0)
+		return drop(skb, c, -ret, FTH_DIR_INGRESS);
+	return forward(skb, c, trace, ret);
+}
 
 static __always_inline int from_netdev_ipv4(struct __sk_buff *skb, struct fth_ctx *c)
 {
 	struct endpoint_info *dst;
-	__u8 trace;
-	int ret;
+	struct lb4_service *svc;
+	int ret, verdict = TC_ACT_OK;
 
 	ret = parse_ipv4(skb, &c->flow);
 	if (!c->flow.daddr)
 		return TC_ACT_OK;
+	if (!ret && c->flow.daddr == fth_node_ip) {
+		c->src_identity = ipcache_identity(c->flow.saddr);
+		ret = nodeport_reply(skb, c, &verdict);
+		if (ret < 0)
+			return drop(skb, c, -ret, FTH_DIR_EGRESS);
+		if (ret > 0)
+			return verdict;
+		svc = lb4_lookup(0, c->flow.dport, c->flow.proto);
+		if (svc)
+			return nodeport(skb, c, svc);
+		return TC_ACT_OK;       /* the node's own traffic */
+	}
 	dst = endpoint_lookup(c->flow.daddr);
 	if (!dst)
 		return TC_ACT_OK;       /* the node's own traffic, or routed on */
@@ -32,15 +143,7 @@ static __always_inline int from_netdev_ipv4(struct __sk_buff *skb, struct fth_ct
 	c->src_identity = ipcache_identity(c->flow.saddr);
 	if (ret)
 		return drop(skb, c, ret, FTH_DIR_INGRESS);
-	if (dst->flags & FTH_EP_LOCKDOWN)
-		return drop(skb, c, FTH_DROP_ENDPOINT_LOCKDOWN, FTH_DIR_INGRESS);
-	ret = ct_and_policy(c, 0, dst, &trace);
-	if (ret)
-		return drop(skb, c, ret, c->direction);
-	ret = endpoint_deliver(skb, dst);
-	if (ret < 0)
-		return drop(skb, c, -ret, FTH_DIR_INGRESS);
-	return forward(skb, c, trace, ret);
+	return to_local_endpoint(skb, c, dst);
 }
 
 SEC("tc")

@@ -1,13 +1,17 @@
 /* Programs on a pod's host-side veth.
  *
  * from-container (tcx ingress): everything the pod sends. Checks the source is
- * the pod, the pod's egress policy, and for a pod on this node also the
+ * the pod; translates a packet for a service (cluster IP, or a node port on this
+ * node's address) to its backend (lib/lb.h), so that what follows sees the backend;
+ * checks the pod's egress policy, and for a pod on this node also the
  * destination's ingress policy, then delivers it straight into that pod
  * (bpf_redirect_peer). Anything else (remote pods, node addresses, outside) is
  * forwarded by the program on the kernel FIB's word (bpf_fib_lookup, then
  * bpf_redirect / bpf_redirect_neigh to the egress device, lib/fib.h); what the
  * FIB does not forward (the node's own addresses, unreachable, ...) goes up the
- * stack. ARP always passes; other non-IPv4 traffic is dropped.
+ * stack. A reply of a translated connection (a backend answering) gets the
+ * service frontend back as its source. ARP always passes; other non-IPv4 traffic
+ * is dropped.
  *
  * to-container (tcx egress): what the kernel stack delivers to the pod (from the
  * node itself, or routed, or redirected here by another pod's from-container);
@@ -21,6 +25,7 @@
 #include "lib/events.h"
 #include "lib/ingress.h"
 #include "lib/fib.h"
+#include "lib/lb.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -41,6 +46,9 @@ static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct fth
 	if (src->flags & FTH_EP_LOCKDOWN)
 		return drop(skb, c, FTH_DROP_ENDPOINT_LOCKDOWN, FTH_DIR_EGRESS);
 
+	ret = lb4_from_pod(skb, c);
+	if (ret)
+		return drop(skb, c, ret, FTH_DIR_EGRESS);
 	dst = endpoint_lookup(c->flow.daddr);
 	c->dst_identity = dst ? dst->identity : ipcache_identity(c->flow.daddr);
 	if (dst && (dst->flags & FTH_EP_LOCKDOWN)) {
@@ -51,6 +59,9 @@ static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct fth
 	ret = ct_and_policy(c, src, dst, &trace);
 	if (ret)
 		return drop(skb, c, ret, c->direction);
+	ret = lb4_reverse(skb, c);
+	if (ret)
+		return drop(skb, c, ret, FTH_DIR_EGRESS);
 	if (!dst) {
 		ret = fib_forward_ipv4(skb, &c->flow);
 		if (ret < 0)

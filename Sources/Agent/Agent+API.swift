@@ -50,11 +50,14 @@ extension Agent {
                                                       defaultDenyBy: e.defaultDenyBy))
             case .policyGet(let endpoint): return .table(try policyTable(endpoint: endpoint))
             case .bpfDump(let kind, let id): return .table(try dump(kind, endpointID: id))
+            case .serviceApply, .serviceDelete, .endpointSlicePut, .endpointSliceDelete:
+                return try await handleServiceRequest(request)
             case .events(let after, let limit): return .events(events(after: after, limit: limit))
             case .list(let kind):
                 switch kind {
                 case .pods: return .pods(pods.values.sorted { $0.key < $1.key })
                 case .nodes: return .nodes(nodes.values.sorted { $0.name < $1.name })
+                case .services: return .table(servicesTable())
                 case .policies:
                     return .table(Table(header: ["KIND", "NAMESPACE", "NAME"], rows: policyObjects.values
                         .map { [$0.kind.rawValue, $0.namespace ?? "", $0.name] }.sorted { $0.lexicographicallyPrecedes($1) }))

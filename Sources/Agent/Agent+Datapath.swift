@@ -325,7 +325,9 @@ extension Agent {
                               $0.closing ? "closing" : ($0.seenReply ? "established" : "new")]
                          })
         case .nat:
-            return Table(header: ["PROTO", "ORIGINAL", "TRANSLATED"], rows: [])
+            return try natTable(datapath)
+        case .lb:
+            return try lbTable(datapath)
         case .counters:
             return Table(header: ["REASON", "DIRECTION", "PACKETS", "BYTES"],
                          rows: try datapath.counters().map {

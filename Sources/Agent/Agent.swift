@@ -86,6 +86,7 @@ public actor Agent {
     var cidrIdentities = CIDRIdentityAllocator()
     var ruleOrigins: [UInt32: RuleOrigin] = [:]
     let selectorCache = SelectorCache()
+    var serviceState = ServiceState()
     var pinnedPolicies: Set<UInt32> { state.pinnedPolicies }
 
     public init(config: AgentConfig, store: any KVStore, logger: Logger) throws {
@@ -207,6 +208,7 @@ public actor Agent {
                     // so a command that waits for it sees the change enforced.
                     await reconcileIdentities()
                     reconcilePolicies()
+                    reconcileServices()
                     publishFlowContext()
                     appliedRevision = max(appliedRevision, revision)
                     backoff = 100_000_000
@@ -227,6 +229,7 @@ public actor Agent {
         case .snapshot(let items, let r):
             nodes = [:]; alive = []; pods = [:]; namespaces = [:]; ipcacheRecords = [:]; identityLabelsByNumber = [:]
             policyObjects = [:]; egressPolicies = [:]
+            resetServiceRecords()
             for kv in items { applyPut(kv) }
             selectorCache.replaceAll(identityLabelsByNumber)
             snapshotApplied = true
@@ -248,6 +251,7 @@ public actor Agent {
     }
 
     func applyPut(_ kv: KeyValue) {
+        if applyServicePut(kv) { return }
         let dec = JSONDecoder()
         let data = Data(kv.value)
         if kv.key.hasPrefix(StoreKeys.nodes) {
@@ -273,6 +277,7 @@ public actor Agent {
     }
 
     func applyDelete(_ key: String) {
+        if applyServiceDelete(key) { return }
         if key.hasPrefix(StoreKeys.nodes) {
             nodes[String(key.dropFirst(StoreKeys.nodes.count))] = nil
         } else if key.hasPrefix(StoreKeys.heartbeats) {

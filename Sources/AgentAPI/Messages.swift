@@ -36,10 +36,19 @@ public enum AgentRequest: Codable, Sendable {
     case policyDelete(key: String)
     case policyExplain(from: String, to: String, port: UInt16?, proto: UInt8)
     case policyGet(endpoint: String)
+    // ---- services (owned by the services work) ----
+    /// A Service (JSON of `Services.ServiceRecord`); the agent allocates its cluster IP and
+    /// node ports in the store.
+    case serviceApply(json: Data)
+    case serviceDelete(namespace: String, name: String)
+    /// An EndpointSlice (JSON of `Services.EndpointSliceRecord`) under its store key.
+    case endpointSlicePut(key: String, json: Data)
+    case endpointSliceDelete(key: String)
 }
 
 public enum ListKind: String, Codable, Sendable {
     case pods, nodes, namespaces, policies
+    case services
 }
 
 /// `fathom policy explain`: the verdict and what decided it.
@@ -258,6 +267,7 @@ public struct EndpointPolicy: Codable, Sendable, Equatable {
 
 public enum BPFDumpKind: String, Codable, Sendable, CaseIterable {
     case ipcache, endpoints, policy, ct, nat, counters, maps
+    case lb
 }
 
 /// A dump rendered as a table; the CLI prints it as text or JSON.

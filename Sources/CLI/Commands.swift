@@ -99,6 +99,7 @@ struct Apply: ParsableCommand {
     func run() throws {
         let manifests = try file.manifests()   // the whole file is checked before anything is applied
         let lab = try labOptions.open()
+        var services: [Manifest] = []
         for m in manifests {
             switch m {
             case .namespace(let ns):
@@ -107,8 +108,11 @@ struct Apply: ParsableCommand {
             case .policy(let p):
                 try lab.change(.policyPut(key: p.storeKey, json: try JSONEncoder().encode(p)))
                 print("\(p.kind.rawValue.lowercased())/\(p.name) configured")
+            case .service, .endpointSlice:
+                services.append(m)
             }
         }
+        for line in try applyServiceManifests(services, lab: lab) { print(line) }
     }
 }
 
@@ -128,6 +132,8 @@ struct Delete: ParsableCommand {
             case .policy(let p):
                 try lab.change(.policyDelete(key: p.storeKey))
                 print("\(p.kind.rawValue.lowercased())/\(p.name) deleted")
+            case .service, .endpointSlice:
+                print(try deleteServiceManifest(m, lab: lab))
             }
         }
     }
@@ -137,7 +143,7 @@ struct Get: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "List objects: namespaces, nodes, pods.")
     @OptionGroup var labOptions: LabOptions
     @OptionGroup var nodeOptions: NodeOptions
-    @Argument(help: "Kind: namespaces (ns), nodes, pods, networkpolicies (netpol), ciliumnetworkpolicies (cnp), ciliumclusterwidenetworkpolicies (ccnp).") var kind: String
+    @Argument(help: "Kind: namespaces (ns), nodes, pods, services (svc), networkpolicies (netpol), ciliumnetworkpolicies (cnp), ciliumclusterwidenetworkpolicies (ccnp).") var kind: String
     @Option(name: .shortAndLong, help: "Output format: text or json.") var output: OutputFormat = .text
 
     func listKind() throws -> ListKind {
@@ -145,9 +151,10 @@ struct Get: ParsableCommand {
         case "namespace", "namespaces", "ns": .namespaces
         case "node", "nodes": .nodes
         case "pod", "pods", "po": .pods
+        case "service", "services", "svc": .services
         case "networkpolicy", "networkpolicies", "netpol", "ciliumnetworkpolicy", "ciliumnetworkpolicies", "cnp",
              "ciliumclusterwidenetworkpolicy", "ciliumclusterwidenetworkpolicies", "ccnp": .policies
-        default: throw ValidationError("unknown kind '\(kind)'; use namespaces, nodes, pods, networkpolicies, ciliumnetworkpolicies or ciliumclusterwidenetworkpolicies")
+        default: throw ValidationError("unknown kind '\(kind)'; use namespaces, nodes, pods, services, networkpolicies, ciliumnetworkpolicies or ciliumclusterwidenetworkpolicies")
         }
     }
 

@@ -2,6 +2,7 @@ import Foundation
 import Yams
 import Model
 import Policy
+import Services
 
 /// A manifest file: multi-document YAML or JSON. A file is accepted whole or not at all:
 /// every document is checked before anything is applied, and an error names the file,
@@ -9,6 +10,8 @@ import Policy
 public enum Manifest: Equatable, Sendable {
     case namespace(NamespaceRecord)
     case policy(PolicyObject)
+    case service(ServiceRecord)
+    case endpointSlice(EndpointSliceRecord)
 
     public struct Problem: Error, CustomStringConvertible, Equatable {
         public let file: String
@@ -19,7 +22,7 @@ public enum Manifest: Equatable, Sendable {
     }
 
     public static let supportedKinds = ["v1 Namespace", "networking.k8s.io/v1 NetworkPolicy", "cilium.io/v2 CiliumNetworkPolicy",
-                                        "cilium.io/v2 CiliumClusterwideNetworkPolicy"]
+                                        "cilium.io/v2 CiliumClusterwideNetworkPolicy"] + ServiceManifest.supported
 
     public static func parse(_ text: String, file: String) throws -> [Manifest] {
         let docs: [Any?]
@@ -57,6 +60,15 @@ public enum Manifest: Equatable, Sendable {
             do {
                 return .policy(try PolicyManifest.parse(obj, file: file, document: index))
             } catch let e as PolicyParseError {
+                throw Problem(file: e.file, document: e.document, field: e.field, reason: e.reason)
+            }
+        case (_, "Service"), (_, "EndpointSlice"):
+            do {
+                switch try ServiceManifest.parse(obj, file: file, document: index) {
+                case .service(let s): return .service(s)
+                case .endpointSlice(let e): return .endpointSlice(e)
+                }
+            } catch let e as ServiceParseError {
                 throw Problem(file: e.file, document: e.document, field: e.field, reason: e.reason)
             }
         default:

@@ -13,6 +13,8 @@ public enum DropReason: UInt8, Sendable, CaseIterable {
     case unknownTarget = 150
     case ctCreateFailed = 155
     case fragmentationNotSupported = 157
+    case serviceBackendNotFound = 158
+    case noMappingForNatMasquerade = 167
     case policyDeny = 181
     case ttlExceeded = 196
     /// The endpoint's policy did not fit in the datapath: everything is dropped.
@@ -32,6 +34,8 @@ public enum DropReason: UInt8, Sendable, CaseIterable {
         case .unknownTarget: "Unknown target"
         case .ctCreateFailed: "CT: Map insertion failed"
         case .fragmentationNotSupported: "Fragmentation needed but not supported"
+        case .serviceBackendNotFound: "Service backend not found"
+        case .noMappingForNatMasquerade: "No mapping for NAT masquerade"
         case .policyDeny: "Policy denied by denylist"
         case .ttlExceeded: "TTL exceeded"
         case .endpointLockdown: "Endpoint in lockdown (policy map full)"

@@ -13,6 +13,13 @@ enum MapName {
     static let events = "fth_events_v1"
     static let metrics = "fth_metrics_v1"
     static let lost = "fth_lost_v1"
+    // lib/lb.h, lib/nat.h
+    static let lbServices = "fth_lb4_svc_v1"
+    static let lbBackends = "fth_lb4_be_v1"
+    static let lbMaglev = "fth_lb4_mag_v1"
+    static let lbReverse = "fth_lb4_rev_v1"
+    static let lbAffinity = "fth_lb4_aff_v1"
+    static let nat = "fth_nat4_v1"
 }
 
 /// Program names (the C functions).
@@ -68,12 +75,14 @@ struct PolicyValueRaw: BitwiseCopyable {
 }
 
 struct CTKeyRaw: BitwiseCopyable {
+    static let service: UInt8 = 0x01
     var saddr: UInt32
     var daddr: UInt32
     var sport: UInt16
     var dport: UInt16
     var proto: UInt8
-    var pad: (UInt8, UInt8, UInt8) = (0, 0, 0)
+    var flags: UInt8 = 0
+    var pad: (UInt8, UInt8) = (0, 0)
 }
 
 struct CTEntryRaw: BitwiseCopyable {
@@ -82,12 +91,14 @@ struct CTEntryRaw: BitwiseCopyable {
     var txBytes: UInt64
     var rxPackets: UInt64
     var rxBytes: UInt64
-    var ruleRef: UInt32
+    var ruleRef: UInt32        // service entries: the backend id
     var srcIdentity: UInt32
     var txFlagsSeen: UInt8
     var rxFlagsSeen: UInt8
     var flags: UInt8
-    var pad: (UInt8, UInt8, UInt8, UInt8, UInt8)
+    var pad0: UInt8
+    var revNatID: UInt16
+    var pad: (UInt8, UInt8)
 }
 
 struct MetricsKeyRaw: BitwiseCopyable {

@@ -28,6 +28,8 @@ public final class NodeDatapath: @unchecked Sendable {
     let fromContainer: Program
     let toContainer: Program
     let fromNetdev: Program
+    /// Service load balancing and NAT maps (LoadBalancer.swift).
+    let lb: LBMaps
 
     private var linkDirectory: String { config.pinDirectory + "/links" }
     private let subscribers = Mutex<[Int: AsyncStream<DatapathEvent>.Continuation]>([:])
@@ -54,6 +56,7 @@ public final class NodeDatapath: @unchecked Sendable {
         fromContainer = try lxc.program(ProgramName.fromContainer)
         toContainer = try lxc.program(ProgramName.toContainer)
         fromNetdev = try host.program(ProgramName.fromNetdev)
+        lb = try LBMaps(lxc)
         try BPFFS.makeDirectory(linkDirectory)
     }
 
@@ -71,6 +74,7 @@ public final class NodeDatapath: @unchecked Sendable {
             try spec.setGlobal("fth_pod_cidr_mask", config.podCIDR.mask.bigEndian)
             try spec.setGlobal("fth_cluster_cidr", config.clusterCIDR.address.wire)
             try spec.setGlobal("fth_cluster_cidr_mask", config.clusterCIDR.mask.bigEndian)
+            try spec.setGlobal("fth_lb_maglev_m", UInt32(config.maglevTableSize))
             return try spec.load(pinDirectory: config.pinDirectory)
         } catch let e as BPFError {
             throw e.context("datapath \(config.pinDirectory)")
@@ -245,7 +249,9 @@ public final class NodeDatapath: @unchecked Sendable {
                            expires: v.expires, txPackets: v.txPackets, txBytes: v.txBytes,
                            rxPackets: v.rxPackets, rxBytes: v.rxBytes, ruleRef: v.ruleRef,
                            sourceIdentity: v.srcIdentity, txFlagsSeen: v.txFlagsSeen,
-                           rxFlagsSeen: v.rxFlagsSeen, seenReply: v.flags & 1 != 0, closing: v.flags & 2 != 0)
+                           rxFlagsSeen: v.rxFlagsSeen, seenReply: v.flags & 1 != 0, closing: v.flags & 2 != 0,
+                           isService: k.flags & CTKeyRaw.service != 0,
+                           backendID: k.flags & CTKeyRaw.service != 0 ? v.ruleRef : 0, revNatID: v.revNatID)
         }
     }
 
@@ -369,6 +375,6 @@ extension NodeDatapath {
             MapUsage(name: endpoints.name, entries: try endpoints.keys(as: EndpointKeyRaw.self).count, capacity: endpoints.spec.maxEntries),
             MapUsage(name: policy.name, entries: try policy.keys(as: PolicyKeyRaw.self).count, capacity: policy.spec.maxEntries),
             MapUsage(name: conntrack.name, entries: try conntrack.keys(as: CTKeyRaw.self).count, capacity: conntrack.spec.maxEntries),
-        ]
+        ] + (try lb.usage())
     }
 }

@@ -8,6 +8,8 @@ public struct DatapathConfig: Sendable {
     public var clusterCIDR: IPv4Prefix
     /// Where maps and links are pinned, e.g. /sys/fs/bpf/fathom/<lab>/<node>.
     public var pinDirectory: String
+    /// Slots of every service's Maglev table (a prime).
+    public var maglevTableSize = 1021
 
     public init(nodeIP: IPv4Address, routerIP: IPv4Address, podCIDR: IPv4Prefix,
                 clusterCIDR: IPv4Prefix, pinDirectory: String) {
@@ -221,6 +223,11 @@ public struct ConntrackEntry: Sendable, Hashable {
     public var rxFlagsSeen: UInt8
     public var seenReply: Bool
     public var closing: Bool
+    /// A service entry (lib/lb.h): the tuple before translation, `backendID` its backend.
+    public var isService = false
+    public var backendID: UInt32 = 0
+    /// The service frontend the connection was translated from (0 = none).
+    public var revNatID: UInt16 = 0
 }
 
 /// Packets and bytes for one (reason, direction), summed over CPUs.

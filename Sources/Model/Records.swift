@@ -122,3 +122,19 @@ extension StoreKeys {
     public static let ipcache = "/fathom/ipcache/"
     public static func ipcache(_ ip: IPv4Address) -> String { ipcache + ip.description }
 }
+
+// ---- services (owned by the services work) ----
+extension StoreKeys {
+    /// `v1` Services: `/fathom/services/<namespace>/<name>`.
+    public static let services = "/fathom/services/"
+    public static func service(_ namespace: String, _ name: String) -> String { services + "\(namespace)/\(name)" }
+    /// `discovery.k8s.io/v1` EndpointSlices applied by hand: `/fathom/endpointslices/<namespace>/<name>`.
+    public static let endpointSlices = "/fathom/endpointslices/"
+    public static func endpointSlice(_ namespace: String, _ name: String) -> String { endpointSlices + "\(namespace)/\(name)" }
+    /// Cluster IP claims: `/fathom/clusterips/<ip>` holds `<namespace>/<name>`.
+    public static let clusterIPs = "/fathom/clusterips/"
+    public static func clusterIP(_ ip: IPv4Address) -> String { clusterIPs + ip.description }
+    /// Node port claims: `/fathom/nodeports/<port>` holds `<namespace>/<name>`.
+    public static let nodePorts = "/fathom/nodeports/"
+    public static func nodePort(_ port: UInt16) -> String { nodePorts + "\(port)" }
+}

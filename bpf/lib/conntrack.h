@@ -6,6 +6,11 @@
  * flags seen per direction (a new flag is a trace event), packet and byte counts
  * and the rule that allowed the flow. `expires` is CLOCK_MONOTONIC seconds; the
  * agent deletes expired entries (LRU eviction is the backstop).
+ *
+ * Service load balancing (lib/lb.h) keeps two more things here: entries keyed by a
+ * connection's tuple before translation with FTH_CT_KEY_SERVICE set, holding the
+ * backend chosen for it, and, on the translated connection's entry, the reverse-NAT
+ * id its replies are translated back with.
  */
 #pragma once
 #include "common.h"
@@ -28,8 +33,11 @@ struct ct_key {
 	__u16 sport;            /* host order */
 	__u16 dport;
 	__u8  proto;
-	__u8  pad[3];
+	__u8  flags;            /* FTH_CT_KEY_*: 0 for a connection's own entry */
+	__u8  pad[2];
 };
+
+#define FTH_CT_KEY_SERVICE 0x01 /* service entry: tuple before DNAT -> backend */
 
 struct ct_entry {
 	__u64 expires;          /* monotonic seconds */
@@ -37,12 +45,17 @@ struct ct_entry {
 	__u64 tx_bytes;
 	__u64 rx_packets;       /* replies */
 	__u64 rx_bytes;
-	__u32 rule_ref;         /* rule that allowed the flow (0 = default allow) */
+	union {
+		__u32 rule_ref;         /* rule that allowed the flow (0 = default allow) */
+		__u32 backend_id;       /* service entries: the backend chosen */
+	};
 	__u32 src_identity;     /* identity of the initiator */
 	__u8  tx_flags_seen;
 	__u8  rx_flags_seen;
 	__u8  flags;            /* FTH_CT_F_* */
-	__u8  pad[5];
+	__u8  pad0;
+	__u16 rev_nat_id;       /* translated from this service frontend (lib/lb.h), 0 = none */
+	__u8  pad[2];
 };
 
 /* Written by the programs (create, update) and the agent (expire). */
@@ -113,7 +126,8 @@ static __always_inline int ct_lookup(const struct fth_flow *f, __u8 *new_flags, 
 	return state;
 }
 
-static __always_inline int ct_create(const struct fth_flow *f, __u32 src_identity, __u32 rule_ref)
+static __always_inline int ct_create(const struct fth_flow *f, __u32 src_identity, __u32 rule_ref,
+				     __u16 rev_nat_id)
 {
 	struct ct_key k = {
 		.saddr = f->saddr, .daddr = f->daddr,
@@ -125,6 +139,7 @@ static __always_inline int ct_create(const struct fth_flow *f, __u32 src_identit
 		.rule_ref = rule_ref,
 		.src_identity = src_identity,
 		.tx_flags_seen = f->tcp_flags,
+		.rev_nat_id = rev_nat_id,
 	};
 	e.expires = ct_now() + ct_lifetime(f, 0);
 	if (bpf_map_update_elem(&fth_ct4_v1, &k, &e, BPF_ANY) < 0)

@@ -104,6 +104,9 @@ struct fth_ctx {
 	__u32 xlated_saddr;     /* set by NAT: the source the packet leaves with */
 	__u8  obs_point;
 	__u8  direction;
+	__u8  is_reply;         /* conntrack: a reply of a tracked connection */
+	__u8  pad;
+	__u16 rev_nat_id;       /* lib/lb.h: frontend of a translated connection */
 };
 
 static __always_inline void emit_event(struct __sk_buff *skb, const struct fth_ctx *c,

@@ -25,10 +25,21 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 
 	*trace = 0;
 	if (state == FTH_CT_REPLY) {
+		c->is_reply = 1;
+		if (e)
+			c->rev_nat_id = e->rev_nat_id;
 		if (first || new_flags)
 			*trace = FTH_TRACE_REPLY;
 		return 0;
 	}
+	/* A new connection on the tuple of an old one: the tuple was translated
+	 * differently (a client port reused between a pod and a service address), or a
+	 * SYN follows the old connection's close. It is new: policy is checked again
+	 * and the entry made afresh. */
+	if (state == FTH_CT_ESTABLISHED && e &&
+	    (e->rev_nat_id != c->rev_nat_id ||
+	     ((c->flow.tcp_flags & (FTH_TCP_SYN | FTH_TCP_ACK)) == FTH_TCP_SYN && (e->flags & FTH_CT_F_CLOSING))))
+		state = FTH_CT_NEW;
 	if (state == FTH_CT_ESTABLISHED) {
 		if (new_flags)
 			*trace = FTH_TRACE_ESTABLISHED;
@@ -52,7 +63,7 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 			return ret;
 		}
 	}
-	ret = ct_create(&c->flow, c->src_identity, c->rule_ref);
+	ret = ct_create(&c->flow, c->src_identity, c->rule_ref, c->rev_nat_id);
 	if (ret)
 		return ret;
 	*trace = FTH_TRACE_NEW;

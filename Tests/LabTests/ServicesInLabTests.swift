@@ -1,0 +1,201 @@
+import Testing
+import Foundation
+import Model
+import Synchronization
+@testable import LabKit
+
+extension LabTests {
+/// Services applied with `fathom apply`, translated by the eBPF datapath on real traffic:
+/// pods to cluster IPs, the external host to node ports on both nodes, the source address
+/// backends see, affinity, UDP, policy after translation, backends coming and going.
+@Suite struct ServicesInLab {
+    static let node1 = "192.168.101.101", node2 = "192.168.101.102", external = "203.0.113.5"
+
+    func ip(_ t: TestLab, _ pod: String) throws -> String { try #require(try t.lab.loadState().pod(pod)).ip.description }
+
+    /// `seen-as` addresses of `count` probes (nil for a failed one).
+    func seen(_ t: TestLab, _ from: String, _ to: String, port: Int, proto: String = "tcp", count: Int) throws -> [String?] {
+        try (0..<count).map { _ in
+            let out = try t.probe(from, to, proto: proto, port: port)
+            return out.status == 0 ? out.stdout.replacingOccurrences(of: "seen-as ", with: "").trimmingCharacters(in: .whitespacesAndNewlines) : nil
+        }
+    }
+
+    /// Backend addresses that connections from `client` were translated to, from the
+    /// conntrack table of the client's node.
+    func backendsUsed(_ t: TestLab, node: String, client: String, port: Int) throws -> Set<String> {
+        let out = try t.must(["bpf", "ct", "--node", node, "-o", "json"])
+        let table = try JSONSerialization.jsonObject(with: Data(out.utf8)) as! [String: Any]
+        let rows = table["rows"] as! [[String]]
+        return Set(rows.filter { $0[1].hasPrefix(client + ":") && $0[2].hasSuffix(":\(port)") }
+            .map { String($0[2].split(separator: ":")[0]) })
+    }
+
+    @Test func clusterIPAndNodePortToBackendsOnBothNodes() throws {
+        let t = try TestLab(tag: "svc")
+        defer { t.down() }
+        try t.must(["lab", "pod", "add", "default/web1", "--node", "node1", "--labels", "app=web", "--serve", "tcp:8080:http,udp:5353"])
+        try t.must(["lab", "pod", "add", "default/web2", "--node", "node2", "--labels", "app=web", "--serve", "tcp:8080:http,udp:5353"])
+        try t.must(["lab", "pod", "add", "default/client", "--node", "node1", "--labels", "app=client"])
+        try t.must(["lab", "pod", "add", "default/client2", "--node", "node2", "--labels", "app=client"])
+        let web1 = try ip(t, "default/web1"), web2 = try ip(t, "default/web2")
+        let client = try ip(t, "default/client"), client2 = try ip(t, "default/client2")
+
+        try t.must(["apply", "-f", "-"], input: """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: web}
+        spec:
+          type: NodePort
+          clusterIP: 10.96.0.10
+          selector: {app: web}
+          ports:
+          - {name: http, port: 80, targetPort: http, nodePort: 30080}
+          - {name: dns, protocol: UDP, port: 53, targetPort: 5353}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: web-local}
+        spec:
+          type: NodePort
+          selector: {app: web}
+          externalTrafficPolicy: Local
+          ports: [{port: 80, targetPort: 8080, nodePort: 30081}]
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: sticky}
+        spec:
+          clusterIP: 10.96.0.12
+          selector: {app: web}
+          sessionAffinity: ClientIP
+          sessionAffinityConfig: {clientIP: {timeoutSeconds: 300}}
+          ports: [{port: 80, targetPort: 8080}]
+        """)
+        let services = try t.must(["get", "services"])
+        #expect(services.contains("10.96.0.10") && services.contains("80:30080/TCP,53:3") && services.contains("/UDP"), "every port of a NodePort service gets a node port: \(services)")
+        #expect(services.contains("\(web1):8080") && services.contains("\(web2):8080"), "\(services)")
+        let lb = try t.must(["bpf", "lb", "--node", "node1"])
+        #expect(lb.contains("10.96.0.10:80/TCP") && lb.contains("default/web:http") && lb.contains("(NodePort):30080/TCP"), "\(lb)")
+
+        // Pod -> cluster IP: every request answered, by backends on this node and the other;
+        // the backend sees the pod's own address.
+        let fromPod = try seen(t, "default/client", "10.96.0.10", port: 80, count: 12)
+        #expect(fromPod.allSatisfy { $0 == client }, "\(fromPod)")
+        #expect(try backendsUsed(t, node: "node1", client: client, port: 8080) == [web1, web2])
+        // UDP through the cluster IP.
+        let udp = try seen(t, "default/client2", "10.96.0.10", port: 53, proto: "udp", count: 3)
+        #expect(udp.allSatisfy { $0 == client2 }, "\(udp)")
+
+        // External host -> node port on each node, reaching both backends. Cluster policy:
+        // a backend on the node that translated sees the client, one on the other node sees
+        // that node's address (SNAT), as kube-proxy does.
+        for node in [Self.node1, Self.node2] {
+            let seenBy = try seen(t, "external", node, port: 30080, count: 12)
+            #expect(!seenBy.contains(nil), "every request through \(node):30080 answered: \(seenBy)")
+            #expect(Set(seenBy.compactMap { $0 }) == [Self.external, node], "local backend sees the client, remote one sees \(node): \(seenBy)")
+        }
+        // externalTrafficPolicy Local: the client address is kept, only the local backend serves.
+        for node in [Self.node1, Self.node2] {
+            let seenBy = try seen(t, "external", node, port: 30081, count: 4)
+            #expect(seenBy.allSatisfy { $0 == Self.external }, "\(node):30081 \(seenBy)")
+        }
+
+        // ClientIP affinity: every connection of a client goes to one backend.
+        _ = try seen(t, "default/client2", "10.96.0.12", port: 80, count: 8)
+        let sticky = try backendsUsed(t, node: "node2", client: client2, port: 8080)
+        #expect(sticky.count == 1, "affinity keeps one backend: \(sticky)")
+
+        // A NetworkPolicy on the backends is enforced after translation: the backends'
+        // ingress admits app=client on the named port; another pod is refused through
+        // the cluster IP as it would be directly.
+        try t.must(["lab", "pod", "add", "default/intruder", "--node", "node2", "--labels", "app=other"])
+        try t.must(["apply", "-f", "-"], input: """
+        apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
+        metadata: {name: web-from-clients}
+        spec:
+          podSelector: {matchLabels: {app: web}}
+          ingress:
+          - from: [{podSelector: {matchLabels: {app: client}}}]
+            ports: [{port: http}]
+        """)
+        #expect(try seen(t, "default/client", "10.96.0.10", port: 80, count: 4).allSatisfy { $0 == client })
+        #expect(try seen(t, "default/intruder", "10.96.0.10", port: 80, count: 4).allSatisfy { $0 == nil }, "refused after translation")
+        #expect(try seen(t, "default/intruder", "default/web1", port: 8080, count: 1) == [nil], "as directly")
+    }
+
+    @Test func backendsComeAndGoWhileAClientLoops() throws {
+        let t = try TestLab(tag: "churn")
+        defer { t.down() }
+        for (pod, node) in [("default/b1", "node1"), ("default/b2", "node2"), ("default/b3", "node2")] {
+            try t.must(["lab", "pod", "add", pod, "--node", node, "--labels", "app=churn", "--serve", "tcp:8080"])
+        }
+        try t.must(["lab", "pod", "add", "default/client", "--node", "node1"])
+        let b1 = try ip(t, "default/b1"), b2 = try ip(t, "default/b2"), b3 = try ip(t, "default/b3")
+        func slice(_ backends: [String]) -> String {
+            """
+            apiVersion: discovery.k8s.io/v1
+            kind: EndpointSlice
+            metadata: {name: churn-1, labels: {kubernetes.io/service-name: churn}}
+            addressType: IPv4
+            ports: [{name: "", protocol: TCP, port: 8080}]
+            endpoints:
+            \(backends.map { "- {addresses: [\"\($0)\"], conditions: {ready: true}}" }.joined(separator: "\n"))
+            """
+        }
+        try t.must(["apply", "-f", "-"], input: """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: churn}
+        spec:
+          clusterIP: 10.96.0.20
+          ports: [{port: 80, targetPort: 8080}]
+        ---
+        \(slice([b1, b2]))
+        """)
+        #expect(try seen(t, "default/client", "10.96.0.20", port: 80, count: 2).allSatisfy { $0 != nil })
+
+        // A client loops over new connections while backends are removed and added.
+        final class Loop: Sendable {
+            let results = Mutex<[Bool]>([])
+            let done = Atomic<Bool>(false)
+        }
+        let state = Loop()
+        let name = t.name
+        let loop = Thread {
+            while !state.done.load(ordering: .relaxed) {
+                let out = try? LabSupport.fathom(["lab", "probe", "default/client", "10.96.0.20", "--port", "80", "--lab", name])
+                state.results.withLock { $0.append(out?.status == 0) }
+            }
+        }
+        loop.start()
+        func waitFor(_ n: Int) { while state.results.withLock({ $0.count }) < n { usleep(50_000) } }
+        waitFor(5)
+        try t.must(["apply", "-f", "-"], input: slice([b1]))         // b2 goes
+        waitFor(15)
+        try t.must(["apply", "-f", "-"], input: slice([b1, b3]))     // b3 comes
+        waitFor(25)
+        try t.must(["apply", "-f", "-"], input: slice([b3]))         // b1 goes
+        waitFor(35)
+        state.done.store(true, ordering: .relaxed)
+        while !loop.isFinished { usleep(50_000) }
+        let all = state.results.withLock { $0 }
+        #expect(all.count >= 35 && all.allSatisfy { $0 }, "\(all.filter { !$0 }.count) of \(all.count) requests failed")
+        let lb = try t.must(["bpf", "lb", "--node", "node1"])
+        #expect(lb.contains("\(b3):8080") && !lb.contains("\(b1):8080"), "\(lb)")
+
+        // The agent restarts: the pinned maps keep their ids and tables, the service works on.
+        let before = try t.must(["bpf", "lb", "--node", "node1"])
+        try t.must(["lab", "agent", "restart", "node1"])
+        #expect(try t.must(["bpf", "lb", "--node", "node1"]) == before)
+        #expect(try seen(t, "default/client", "10.96.0.20", port: 80, count: 3).allSatisfy { $0 != nil })
+
+        // No backend left: dropped with reason 158, and the drop says so.
+        try t.must(["apply", "-f", "-"], input: slice([]).replacingOccurrences(of: "endpoints:\n", with: "endpoints: []\n"))
+        #expect(try t.probe("default/client", "10.96.0.20", port: 80).status == 1)
+        let events = try t.must(["monitor", "--node", "node1", "--type", "drop", "-o", "json"])
+        #expect(events.contains("\"reason\":158"), "\(events.suffix(600))")
+    }
+}
+}
