@@ -23,6 +23,7 @@
 #include "lib/ingress.h"
 #include "lib/fib.h"
 #include "lib/lb.h"
+#include "lib/egress.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -114,6 +115,30 @@ static __always_inline int nodeport(struct __sk_buff *skb, struct fth_ctx *c, st
 	return forward(skb, c, trace, ret);
 }
 
+/* A pod on another node whose egress gateway is this node: translated to the
+ * egress IP here and sent on (lib/egress.h). */
+static __always_inline int egress_gateway(struct __sk_buff *skb, struct fth_ctx *c)
+{
+	struct egress_info *e = egress_lookup(c->flow.saddr, c->flow.daddr);
+	struct fth_flow f;
+	__u8 trace = 0;
+	int ret;
+
+	if (!e || e->gateway != fth_node_ip || (e->flags & (FTH_EGW_F_EXCLUDED | FTH_EGW_F_NO_GATEWAY)) ||
+	    !egress_leaves_cluster(c->flow.daddr))
+		return TC_ACT_OK;       /* not this node's to translate */
+	c->src_identity = ipcache_identity(c->flow.saddr);
+	c->dst_identity = ipcache_identity(c->flow.daddr);
+	c->direction = FTH_DIR_EGRESS;
+	ret = egress_snat(skb, c, e->egress_ip, &f, &trace);
+	if (ret)
+		return drop(skb, c, ret, FTH_DIR_EGRESS);
+	ret = fib_forward_ipv4(skb, &f);
+	if (ret < 0)
+		return drop(skb, c, -ret, FTH_DIR_EGRESS);
+	return forward(skb, c, trace, ret);
+}
+
 static __always_inline int from_netdev_ipv4(struct __sk_buff *skb, struct fth_ctx *c)
 {
 	struct endpoint_info *dst;
@@ -123,17 +148,25 @@ static __always_inline int from_netdev_ipv4(struct __sk_buff *skb, struct fth_ct
 	ret = parse_ipv4(skb, &c->flow);
 	if (!c->flow.daddr)
 		return TC_ACT_OK;
-	if (!ret && c->flow.daddr == fth_node_ip) {
+	if (!ret && !in_cluster_cidr(c->flow.daddr)) {
+		/* 1. replies of connections this node translated: node ports, masquerade,
+		 * the egress gateway (to this node's address or an egress IP it holds) */
 		c->src_identity = ipcache_identity(c->flow.saddr);
 		ret = nodeport_reply(skb, c, &verdict);
 		if (ret < 0)
 			return drop(skb, c, -ret, FTH_DIR_EGRESS);
 		if (ret > 0)
 			return verdict;
-		svc = lb4_lookup(0, c->flow.dport, c->flow.proto);
-		if (svc)
-			return nodeport(skb, c, svc);
-		return TC_ACT_OK;       /* the node's own traffic */
+		if (c->flow.daddr == fth_node_ip) {
+			svc = lb4_lookup(0, c->flow.dport, c->flow.proto);
+			if (svc)
+				return nodeport(skb, c, svc);
+			return TC_ACT_OK;       /* the node's own traffic */
+		}
+		/* 2. egress gateway steering: a pod elsewhere leaving through this node */
+		if (in_cluster_cidr(c->flow.saddr))
+			return egress_gateway(skb, c);
+		return TC_ACT_OK;
 	}
 	dst = endpoint_lookup(c->flow.daddr);
 	if (!dst)
@@ -154,4 +187,39 @@ int fth_from_netdev(struct __sk_buff *skb)
 	if (!is_ipv4(skb))
 		return TC_ACT_OK;
 	return from_netdev_ipv4(skb, &c);
+}
+
+/* to-netdev (tcx egress on the uplink): a pod's packet leaving the cluster gets a
+ * node's source here (masquerade, or the egress IP when this node is its gateway);
+ * one on its way to another node's gateway, the node's own traffic and replies pass
+ * untouched (lib/egress.h). */
+SEC("tc")
+int fth_to_netdev(struct __sk_buff *skb)
+{
+	struct fth_ctx c = { .obs_point = FTH_OBS_TO_NETDEV, .direction = FTH_DIR_EGRESS };
+	struct endpoint_info *src;
+	struct fth_flow f;
+	__u8 trace = 0, reason = 0;
+	__u32 nat_addr;
+	int ret;
+
+	if (!is_ipv4(skb))
+		return TC_ACT_OK;
+	if (parse_ipv4(skb, &c.flow))
+		return TC_ACT_OK;       /* not a pod's to judge here: from-container did */
+	if (!in_cluster_cidr(c.flow.saddr) || !egress_leaves_cluster(c.flow.daddr) || ct_is_reply(&c.flow))
+		return TC_ACT_OK;
+	src = endpoint_lookup(c.flow.saddr);
+	c.endpoint_id = src ? src->ep_id : 0;
+	c.src_identity = src ? src->identity : ipcache_identity(c.flow.saddr);
+	c.dst_identity = ipcache_identity(c.flow.daddr);
+	nat_addr = egress_source(&c.flow, &reason);
+	if (reason)
+		return drop(skb, &c, reason, FTH_DIR_EGRESS);
+	if (!nat_addr)
+		return TC_ACT_OK;       /* on its way to its gateway node */
+	ret = egress_snat(skb, &c, nat_addr, &f, &trace);
+	if (ret)
+		return drop(skb, &c, ret, FTH_DIR_EGRESS);
+	return forward(skb, &c, trace, TC_ACT_OK);
 }

@@ -26,6 +26,7 @@
 #include "lib/ingress.h"
 #include "lib/fib.h"
 #include "lib/lb.h"
+#include "lib/egress.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -63,7 +64,14 @@ static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct fth
 	if (ret)
 		return drop(skb, c, ret, FTH_DIR_EGRESS);
 	if (!dst) {
-		ret = fib_forward_ipv4(skb, &c->flow);
+		/* leaving the cluster through another node's egress gateway: sent there
+		 * untranslated (lib/egress.h) */
+		__u8 reason = 0;
+		__u32 via = egress_leaves_cluster(c->flow.daddr) ? egress_next_hop(&c->flow, &reason) : 0;
+
+		if (reason)
+			return drop(skb, c, reason, FTH_DIR_EGRESS);
+		ret = fib_forward_ipv4_via(skb, &c->flow, via);
 		if (ret < 0)
 			return drop(skb, c, -ret, FTH_DIR_EGRESS);
 		return forward(skb, c, trace, ret);

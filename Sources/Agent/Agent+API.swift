@@ -35,6 +35,13 @@ extension Agent {
             case .endpointPolicy(let id, let policy):
                 try setEndpointPolicy(id, policy, pinned: true)
                 return .ok(revision: appliedRevision)
+            case .policyPut(let key, let json) where key.hasPrefix(StoreKeys.egressGateways):
+                guard (try? JSONDecoder().decode(EgressGatewayPolicy.self, from: json)) != nil else {
+                    throw APIFailure(.invalid, "\(key) is not an egress gateway policy")
+                }
+                return .ok(revision: try await store.put(key, Array(json), lease: 0))
+            case .policyDelete(let key) where key.hasPrefix(StoreKeys.egressGateways):
+                return .ok(revision: try await store.delete(key))
             case .policyPut(let key, let json):
                 guard key.hasPrefix(StoreKeys.policies), (try? JSONDecoder().decode(PolicyObject.self, from: json)) != nil else {
                     throw APIFailure(.invalid, "\(key) is not a policy object")

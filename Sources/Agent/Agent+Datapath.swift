@@ -328,6 +328,8 @@ extension Agent {
             return try natTable(datapath)
         case .lb:
             return try lbTable(datapath)
+        case .egress:
+            return try egressTable(datapath)
         case .counters:
             return Table(header: ["REASON", "DIRECTION", "PACKETS", "BYTES"],
                          rows: try datapath.counters().map {

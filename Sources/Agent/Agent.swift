@@ -30,6 +30,8 @@ public struct AgentConfig: Sendable {
     public var pinDirectory: String?
     /// Flows kept for the Observer API (Hubble's default).
     public var flowRingCapacity = 4095
+    /// Destinations pods reach without masquerade, besides the cluster's pod CIDR.
+    public var nonMasqueradeCIDRs: [IPv4Prefix] = []
 
     public init(nodeName: String, nodeAddress: IPv4Address, preferredCIDRIndex: Int?, stateDirectory: String,
                 socketPath: String, etcdEndpoint: String) {

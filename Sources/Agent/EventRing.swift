@@ -55,6 +55,7 @@ struct EventRing: Sendable {
         case .fromContainer: "from-container"
         case .toContainer: "to-container"
         case .fromNetdev: "from-netdev"
+        case .toNetdev: "to-netdev"
         case nil: "unknown"
         }
         return MonitorEvent(sequence: sequence, time: clock.time(ofKernelNanoseconds: e.timestamp),

@@ -82,7 +82,8 @@ struct FlowDecoder {
             f.eventType = Self.eventType(MonitorMessageType.trace, Int32(point.rawValue == 101 ? 0 : point.rawValue))
             // The direction of the connection, seen from the endpoint: a reply leaving a pod
             // belongs to a connection that came in.
-            let programDirection: Flow_TrafficDirection = e.observationPoint == .fromContainer ? .egress : .ingress
+            let programDirection: Flow_TrafficDirection =
+                e.observationPoint == .fromContainer || e.observationPoint == .toNetdev ? .egress : .ingress
             f.trafficDirection = reply ? (programDirection == .egress ? .ingress : .egress) : programDirection
             if e.ruleRef != 0, let r = c.rules[e.ruleRef] {
                 if r.direction == .ingress { f.ingressAllowedBy = [r.policy] } else { f.egressAllowedBy = [r.policy] }
@@ -171,6 +172,7 @@ struct FlowDecoder {
         case .fromContainer: .fromEndpoint
         case .toContainer: .toEndpoint
         case .fromNetdev: .fromNetwork
+        case .toNetdev: .toNetwork
         case nil: .unknownPoint
         }
     }

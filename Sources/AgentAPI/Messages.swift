@@ -268,6 +268,7 @@ public struct EndpointPolicy: Codable, Sendable, Equatable {
 public enum BPFDumpKind: String, Codable, Sendable, CaseIterable {
     case ipcache, endpoints, policy, ct, nat, counters, maps
     case lb
+    case egress
 }
 
 /// A dump rendered as a table; the CLI prints it as text or JSON.

@@ -7,10 +7,10 @@ import LabKit
 /// `fathom bpf ...`: the node's maps, read by its agent (the only process that owns them).
 struct BPF: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "bpf", abstract: "Dump a node's BPF maps: ipcache, endpoints, policy EP, ct, nat, counters, maps, lb.")
+        commandName: "bpf", abstract: "Dump a node's BPF maps: ipcache, endpoints, policy EP, ct, nat, counters, maps, lb, egress.")
     @OptionGroup var labOptions: LabOptions
     @OptionGroup var nodeOptions: NodeOptions
-    @Argument(help: "ipcache | endpoints | policy | ct | nat | counters | maps | lb") var map: String
+    @Argument(help: "ipcache | endpoints | policy | ct | nat | counters | maps | lb | egress") var map: String
     @Argument(help: "Endpoint id (for policy).") var endpoint: UInt32?
     @Option(name: .shortAndLong, help: "Output format: text or json.") var output: OutputFormat = .text
 

@@ -110,6 +110,9 @@ struct Apply: ParsableCommand {
                 print("\(p.kind.rawValue.lowercased())/\(p.name) configured")
             case .service, .endpointSlice:
                 services.append(m)
+            case .egressGateway(let name, let p):
+                try lab.change(.policyPut(key: StoreKeys.egressGateway(name), json: try JSONEncoder().encode(p)))
+                print("ciliumegressgatewaypolicy/\(name) configured")
             }
         }
         for line in try applyServiceManifests(services, lab: lab) { print(line) }
@@ -134,6 +137,9 @@ struct Delete: ParsableCommand {
                 print("\(p.kind.rawValue.lowercased())/\(p.name) deleted")
             case .service, .endpointSlice:
                 print(try deleteServiceManifest(m, lab: lab))
+            case .egressGateway(let name, _):
+                try lab.change(.policyDelete(key: StoreKeys.egressGateway(name)))
+                print("ciliumegressgatewaypolicy/\(name) deleted")
             }
         }
     }

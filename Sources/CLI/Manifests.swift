@@ -12,6 +12,7 @@ public enum Manifest: Equatable, Sendable {
     case policy(PolicyObject)
     case service(ServiceRecord)
     case endpointSlice(EndpointSliceRecord)
+    case egressGateway(name: String, EgressGatewayPolicy)
 
     public struct Problem: Error, CustomStringConvertible, Equatable {
         public let file: String
@@ -22,7 +23,8 @@ public enum Manifest: Equatable, Sendable {
     }
 
     public static let supportedKinds = ["v1 Namespace", "networking.k8s.io/v1 NetworkPolicy", "cilium.io/v2 CiliumNetworkPolicy",
-                                        "cilium.io/v2 CiliumClusterwideNetworkPolicy"] + ServiceManifest.supported
+                                        "cilium.io/v2 CiliumClusterwideNetworkPolicy", "cilium.io/v2 CiliumEgressGatewayPolicy"]
+        + ServiceManifest.supported
 
     public static func parse(_ text: String, file: String) throws -> [Manifest] {
         let docs: [Any?]
@@ -56,6 +58,12 @@ public enum Manifest: Equatable, Sendable {
             return .namespace(NamespaceRecord(name: name, labels: labels))
         case (_, "Namespace"):
             throw problem("apiVersion", "Namespace is in apiVersion v1, not \(apiVersion)")
+        case (_, EgressGatewayPolicy.kind):
+            do {
+                return .egressGateway(name: name, try EgressGatewayPolicy.parse(obj, file: file, document: index))
+            } catch let e as PolicyParseError {
+                throw Problem(file: e.file, document: e.document, field: e.field, reason: e.reason)
+            }
         case (_, "NetworkPolicy"), (_, "CiliumNetworkPolicy"), (_, "CiliumClusterwideNetworkPolicy"):
             do {
                 return .policy(try PolicyManifest.parse(obj, file: file, document: index))

@@ -15,7 +15,9 @@ public enum DropReason: UInt8, Sendable, CaseIterable {
     case fragmentationNotSupported = 157
     case serviceBackendNotFound = 158
     case noMappingForNatMasquerade = 167
+    case unsupportedProtocolForNatMasquerade = 168
     case policyDeny = 181
+    case noEgressGateway = 194
     case ttlExceeded = 196
     /// The endpoint's policy did not fit in the datapath: everything is dropped.
     case endpointLockdown = 250
@@ -36,7 +38,9 @@ public enum DropReason: UInt8, Sendable, CaseIterable {
         case .fragmentationNotSupported: "Fragmentation needed but not supported"
         case .serviceBackendNotFound: "Service backend not found"
         case .noMappingForNatMasquerade: "No mapping for NAT masquerade"
+        case .unsupportedProtocolForNatMasquerade: "Unsupported protocol for NAT masquerade"
         case .policyDeny: "Policy denied by denylist"
+        case .noEgressGateway: "No egress gateway found"
         case .ttlExceeded: "TTL exceeded"
         case .endpointLockdown: "Endpoint in lockdown (policy map full)"
         }

@@ -3,7 +3,7 @@ import Model
 /// A decoded datapath event (`struct fth_event` of bpf/lib/events.h).
 public struct DatapathEvent: Sendable, Hashable {
     public enum Kind: UInt8, Sendable { case drop = 1, trace = 2 }
-    public enum ObservationPoint: UInt8, Sendable { case fromContainer = 1, toContainer = 2, fromNetdev = 3 }
+    public enum ObservationPoint: UInt8, Sendable { case fromContainer = 1, toContainer = 2, fromNetdev = 3, toNetdev = 4 }
     public enum TraceReason: UInt8, Sendable { case new = 1, established = 2, reply = 3 }
 
     public var kind: Kind

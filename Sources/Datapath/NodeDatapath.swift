@@ -28,6 +28,9 @@ public final class NodeDatapath: @unchecked Sendable {
     let fromContainer: Program
     let toContainer: Program
     let fromNetdev: Program
+    let toNetdev: Program
+    /// Egress plan and non-masquerade maps (Egress.swift).
+    let egress: EgressMaps
     /// Service load balancing and NAT maps (LoadBalancer.swift).
     let lb: LBMaps
 
@@ -56,6 +59,8 @@ public final class NodeDatapath: @unchecked Sendable {
         fromContainer = try lxc.program(ProgramName.fromContainer)
         toContainer = try lxc.program(ProgramName.toContainer)
         fromNetdev = try host.program(ProgramName.fromNetdev)
+        toNetdev = try host.program("fth_to_netdev")
+        egress = try EgressMaps(host)
         lb = try LBMaps(lxc)
         try BPFFS.makeDirectory(linkDirectory)
     }
@@ -92,6 +97,7 @@ public final class NodeDatapath: @unchecked Sendable {
     /// Attaches from-netdev to the node's uplink (tcx ingress).
     public func attachUplink(ifindex: Int32) throws {
         try attach(fromNetdev, ifindex: ifindex, .ingress, pin: "host_\(ifindex)_in")
+        try attach(toNetdev, ifindex: ifindex, .egress, pin: "host_\(ifindex)_out")
     }
 
     /// Writes the endpoint and attaches from-container / to-container to its host veth.
@@ -375,6 +381,6 @@ extension NodeDatapath {
             MapUsage(name: endpoints.name, entries: try endpoints.keys(as: EndpointKeyRaw.self).count, capacity: endpoints.spec.maxEntries),
             MapUsage(name: policy.name, entries: try policy.keys(as: PolicyKeyRaw.self).count, capacity: policy.spec.maxEntries),
             MapUsage(name: conntrack.name, entries: try conntrack.keys(as: CTKeyRaw.self).count, capacity: conntrack.spec.maxEntries),
-        ] + (try lb.usage())
+        ] + (try lb.usage()) + (try egress.usage())
     }
 }

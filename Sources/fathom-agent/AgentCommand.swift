@@ -25,6 +25,8 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Also serve the Hubble Observer API on TCP, host:port (Hubble's port is 4244).") var hubbleListenAddress: String?
     @Option(help: "Flows kept in the observer's ring (Hubble's default 4095).") var hubbleRingCapacity = 4095
     @Option(help: "Serve Prometheus metrics on http://host:port/metrics.") var metricsAddress: String?
+    @Option(help: "A destination CIDR pods reach without masquerade (repeatable); the cluster's pod CIDR always is.")
+    var nonMasqueradeCIDR: [String] = []
 
     func validate() throws {
         guard IPv4Address(nodeIP) != nil else { throw ValidationError("--node-ip '\(nodeIP)' is not an IPv4 address") }
@@ -33,6 +35,9 @@ struct AgentCommand: AsyncParsableCommand {
         }
         if let a = metricsAddress, case .tcp? = ObserverAddress(a) {} else if let a = metricsAddress {
             throw ValidationError("--metrics-address '\(a)' is not host:port")
+        }
+        for c in nonMasqueradeCIDR where IPv4Prefix(c) == nil {
+            throw ValidationError("--non-masquerade-cidr '\(c)' is not an IPv4 CIDR such as 10.0.0.0/8")
         }
         guard (1...1_048_575).contains(hubbleRingCapacity) else {
             throw ValidationError("--hubble-ring-capacity \(hubbleRingCapacity) is out of range: use 1 to 1048575 (Hubble's default is 4095)")
@@ -49,6 +54,7 @@ struct AgentCommand: AsyncParsableCommand {
         config.uplink = uplink
         config.pinDirectory = noDatapath ? nil : pinDir
         config.flowRingCapacity = hubbleRingCapacity
+        config.nonMasqueradeCIDRs = nonMasqueradeCIDR.compactMap { IPv4Prefix($0) }
         let store = try EtcdStore(endpoint: etcd, logger: log)
         let agent = try Agent(config: config, store: store, logger: log)
 

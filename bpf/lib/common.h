@@ -30,6 +30,7 @@ const volatile __u32 fth_cluster_cidr_mask = 0;
 #define FTH_ID_HOST      1
 #define FTH_ID_WORLD     2
 #define FTH_ID_UNMANAGED 3
+#define FTH_ID_LOCAL_FLAG (1U << 24) /* node-local CIDR identities */
 
 /* ---- directions: policy, counters and events share them (Cilium's METRIC_*) ---- */
 #define FTH_DIR_INGRESS 1

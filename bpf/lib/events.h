@@ -16,6 +16,7 @@
 #define FTH_OBS_FROM_CONTAINER 1
 #define FTH_OBS_TO_CONTAINER   2
 #define FTH_OBS_FROM_NETDEV    3
+#define FTH_OBS_TO_NETDEV      4
 
 /* Trace reasons (for FTH_EVENT_TRACE). */
 #define FTH_TRACE_NEW         1

@@ -24,7 +24,10 @@
 #define AF_INET 2
 #endif
 
-static __always_inline int fib_forward_ipv4(struct __sk_buff *skb, const struct fth_flow *f)
+/* As fib_forward_ipv4, but towards `via` (network order) as the next hop instead of
+ * the packet's destination: the egress gateway, where a pod's packet goes
+ * untranslated to be translated there. 0 = the destination. */
+static __always_inline int fib_forward_ipv4_via(struct __sk_buff *skb, const struct fth_flow *f, __u32 via)
 {
 	struct bpf_fib_lookup fib = {};
 	void *data = (void *)(long)skb->data;
@@ -50,7 +53,7 @@ static __always_inline int fib_forward_ipv4(struct __sk_buff *skb, const struct 
 	fib.tot_len = 0;
 	fib.ifindex = skb->ingress_ifindex;
 	fib.ipv4_src = ip->saddr;
-	fib.ipv4_dst = ip->daddr;
+	fib.ipv4_dst = via ? via : ip->daddr;
 
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
@@ -80,4 +83,9 @@ static __always_inline int fib_forward_ipv4(struct __sk_buff *skb, const struct 
 	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 	return bpf_redirect(fib.ifindex, 0);
+}
+
+static __always_inline int fib_forward_ipv4(struct __sk_buff *skb, const struct fth_flow *f)
+{
+	return fib_forward_ipv4_via(skb, f, 0);
 }
