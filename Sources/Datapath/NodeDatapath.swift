@@ -352,7 +352,7 @@ public final class NodeDatapath: @unchecked Sendable {
 
 extension NodeDatapath {
     public enum ProgramKind: Sendable {
-        case fromContainer, toContainer, fromNetdev
+        case fromContainer, toContainer, fromNetdev, toNetdev
     }
 
     /// Runs one of the programs on a packet with BPF_PROG_TEST_RUN (no attach needed):
@@ -362,6 +362,7 @@ extension NodeDatapath {
         case .fromContainer: fromContainer
         case .toContainer: toContainer
         case .fromNetdev: fromNetdev
+        case .toNetdev: toNetdev
         }
         return try program.testRun(packet: packet, context: context)
     }

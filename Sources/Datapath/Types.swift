@@ -26,6 +26,7 @@ public enum ReservedIdentity {
     public static let host: UInt32 = 1
     public static let world: UInt32 = 2
     public static let unmanaged: UInt32 = 3
+    public static let remoteNode: UInt32 = 6
 }
 
 public struct MACAddress: Hashable, Sendable, CustomStringConvertible {
