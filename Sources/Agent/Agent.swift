@@ -269,6 +269,8 @@ public actor Agent {
             if let p = try? dec.decode(PolicyObject.self, from: data) { policyObjects[kv.key] = p }
         } else if kv.key.hasPrefix(StoreKeys.egressGateways) {
             if let p = try? dec.decode(EgressGatewayPolicy.self, from: data) { egressPolicies[kv.key] = p }
+        } else if kv.key.hasPrefix(Self.k8sMarkerPrefix) {   // Kubernetes mode (Agent+Kubernetes.swift)
+            noteK8sMarker(kv)
         }
     }
 

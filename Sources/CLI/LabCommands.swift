@@ -17,6 +17,7 @@ struct LabCommand: ParsableCommand {
         @Option(help: "Number of nodes (1-9).") var nodes = 2
         @Flag(help: "Agents without the eBPF datapath: kernel routing only (the baseline of benchmarks).") var noDatapath = false
         @Option(help: "Flows each agent's observer keeps (default 4095, as Hubble).") var hubbleRingCapacity: Int?
+        @Flag(name: .customLong("k8s"), help: "Feed the cluster from a fake Kubernetes API server in the lab instead of the store directly.") var kubernetes = false
         func validate() throws {
             guard (1...9).contains(nodes) else { throw ValidationError("--nodes must be 1 to 9") }
             if let c = hubbleRingCapacity, !(1...1_048_575).contains(c) {
@@ -25,7 +26,7 @@ struct LabCommand: ParsableCommand {
         }
         func run() throws {
             let lab = try labOptions.open()
-            try lab.up(nodes: nodes, datapath: !noDatapath, flowRingCapacity: hubbleRingCapacity) { print($0) }
+            try lab.up(nodes: nodes, datapath: !noDatapath, flowRingCapacity: hubbleRingCapacity, kubernetes: kubernetes) { print($0) }
             print("lab \(lab.name) is up with \(nodes) nodes")
         }
     }

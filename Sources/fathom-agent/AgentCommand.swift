@@ -6,6 +6,7 @@ import Agent
 import AgentAPI
 import ClusterStore
 import Observe
+import K8s
 
 @main
 struct AgentCommand: AsyncParsableCommand {
@@ -25,6 +26,11 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Also serve the Hubble Observer API on TCP, host:port (Hubble's port is 4244).") var hubbleListenAddress: String?
     @Option(help: "Flows kept in the observer's ring (Hubble's default 4095).") var hubbleRingCapacity = 4095
     @Option(help: "Serve Prometheus metrics on http://host:port/metrics.") var metricsAddress: String?
+    // ---- Kubernetes mode (KubernetesMode.swift) ----
+    @Option(help: "Kubernetes mode: kubeconfig of the API server to mirror into the store (one agent, elected, mirrors).") var kubeconfig: String?
+    @Flag(name: .customLong("k8s-in-cluster"), help: "Kubernetes mode with the pod's service account (KUBERNETES_SERVICE_HOST/PORT).") var k8sInCluster = false
+    @Option(help: "Write the CNI conflist here once the agent is ready (after removing the node's agent-not-ready taint in Kubernetes mode).") var writeCniConfWhenReady: String?
+    // ---- end of Kubernetes mode ----
 
     func validate() throws {
         guard IPv4Address(nodeIP) != nil else { throw ValidationError("--node-ip '\(nodeIP)' is not an IPv4 address") }
@@ -34,6 +40,7 @@ struct AgentCommand: AsyncParsableCommand {
         if let a = metricsAddress, case .tcp? = ObserverAddress(a) {} else if let a = metricsAddress {
             throw ValidationError("--metrics-address '\(a)' is not host:port")
         }
+        if kubeconfig != nil && k8sInCluster { throw ValidationError("give --kubeconfig or --k8s-in-cluster, not both") }
         guard (1...1_048_575).contains(hubbleRingCapacity) else {
             throw ValidationError("--hubble-ring-capacity \(hubbleRingCapacity) is out of range: use 1 to 1048575 (Hubble's default is 4095)")
         }
@@ -51,6 +58,10 @@ struct AgentCommand: AsyncParsableCommand {
         config.flowRingCapacity = hubbleRingCapacity
         let store = try EtcdStore(endpoint: etcd, logger: log)
         let agent = try Agent(config: config, store: store, logger: log)
+        let kubeClient = try KubernetesMode.config(kubeconfig: kubeconfig, inCluster: k8sInCluster)
+            .map { try KubeClient(config: $0, logger: log) }
+        let kubernetes = KubernetesMode(client: kubeClient, store: store, agent: agent, node: node, socketPath: socket,
+                                        cniConfPath: writeCniConfWhenReady, log: log)
 
         // The store may still be starting: keep trying, the datapath is untouched meanwhile.
         var attempt = 0
@@ -113,6 +124,8 @@ struct AgentCommand: AsyncParsableCommand {
                 }
             }
             group.addTask { await agent.runMaintenance() }
+            group.addTask { await kubernetes.runSource() }
+            group.addTask { await kubernetes.runReadiness() }
             for await s in signals {
                 log.info("shutting down; programs, routes and endpoints stay", metadata: ["signal": "\(s)"])
                 break
@@ -120,6 +133,7 @@ struct AgentCommand: AsyncParsableCommand {
             group.cancelAll()
         }
         server.shutdown()
+        try? await kubeClient?.shutdown()
         store.close()
     }
 }

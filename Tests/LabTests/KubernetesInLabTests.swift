@@ -1,0 +1,94 @@
+import Testing
+import Foundation
+import K8s
+import LabKit
+
+extension LabTests {
+    /// A lab fed by a (fake) Kubernetes API server: `fathom lab up --k8s`. Nodes, pods and
+    /// policies are API objects; one elected agent mirrors them into etcd.
+    @Suite struct KubernetesInLab {
+        @Test func apiObjectsAreEnforcedAndTheMirrorFailsOver() async throws {
+            let t = try TestLab(tag: "k8s", nodes: 2, upArguments: ["--k8s"])
+            defer { t.down() }
+            let lab = t.lab
+            let client = try lab.apiClient()
+            do {
+                try await check(t, client)
+            } catch {
+                try? await client.shutdown()
+                throw error
+            }
+            try await client.shutdown()
+        }
+
+        func check(_ t: TestLab, _ client: KubeClient) async throws {
+            let lab = t.lab
+
+            // Readiness: each agent removed the taint the Node was registered with (the
+            // health line says it found and removed it), and wrote its CNI conflist.
+            for node in ["node1", "node2"] {
+                let object = try await client.get(.nodes, name: node)
+                let taints = object.spec?["taints"]?.arrayValue ?? []
+                #expect(!taints.contains { $0["key"]?.stringValue == FathomTaint.agentNotReady }, "\(node): \(taints)")
+                let health = try t.status(node)["health"] as? [String: String] ?? [:]
+                #expect(health["k8s-node"] == "taint \(FathomTaint.agentNotReady) removed", "\(node): \(health)")
+                #expect(FileManager.default.fileExists(atPath: lab.paths.cniConfList(node)))
+            }
+            let sources = try ["node1", "node2"].map { try t.status($0)["health"] as? [String: String] ?? [:] }.map { $0["k8s-source"] ?? "" }
+            #expect(sources.filter { $0 == "leader" }.count == 1, "exactly one agent mirrors: \(sources)")
+
+            // Pods are created through the API server and reach each other across nodes.
+            try t.must(["lab", "pod", "add", "prod/web1", "--node", "node1", "--labels", "app=web", "--serve", "tcp:80"])
+            try t.must(["lab", "pod", "add", "prod/web2", "--node", "node2", "--labels", "app=web", "--serve", "tcp:80"])
+            try t.must(["lab", "pod", "add", "prod/client1", "--node", "node1", "--labels", "app=client"])
+            try t.must(["lab", "pod", "add", "prod/client2", "--node", "node2", "--labels", "app=client"])
+            let pod = try await client.get(.pods, namespace: "prod", name: "web2")
+            #expect(pod.spec?["nodeName"]?.stringValue == "node2")
+            #expect(pod.metadata.labels == ["app": "web"])
+            func reach(_ from: String, _ to: String) throws -> Bool {
+                let out = try t.probe(from, to)
+                #expect(out.status != 2, "\(out.stderr)")
+                return out.status == 0
+            }
+            #expect(try reach("prod/client1", "prod/web2"))
+            #expect(try reach("prod/client2", "prod/web1"))
+
+            // A NetworkPolicy created through the API server is enforced; deleting it
+            // restores reachability.
+            let denyWeb = """
+                apiVersion: networking.k8s.io/v1
+                kind: NetworkPolicy
+                metadata: {name: deny-web, namespace: prod}
+                spec:
+                  podSelector: {matchLabels: {app: web}}
+                  policyTypes: [Ingress]
+                """
+            try t.must(["apply", "-f", "-"], input: denyWeb)
+            #expect(try await client.get(.networkPolicies, namespace: "prod", name: "deny-web").name == "deny-web")
+            #expect(try !reach("prod/client1", "prod/web2"))
+            #expect(try !reach("prod/client2", "prod/web1"))
+            #expect(try !reach("prod/client2", "prod/web2"))
+            try t.must(["delete", "-f", "-"], input: denyWeb)
+            await #expect(throws: KubeAPIError.self) { try await client.get(.networkPolicies, namespace: "prod", name: "deny-web") }
+            #expect(try reach("prod/client1", "prod/web2"))
+            #expect(try reach("prod/client2", "prod/web1"))
+
+            // The mirroring agent goes away: the other one takes the lead, and a policy
+            // created after that is still enforced.
+            let leader = sources[0] == "leader" ? "node1" : "node2"
+            let other = leader == "node1" ? "node2" : "node1"
+            let n = other.last!
+            try t.must(["lab", "node", "stop", leader])
+            var took = false
+            for _ in 0..<100 where !took {
+                let health = try t.status(other)["health"] as? [String: String] ?? [:]
+                took = health["k8s-source"] == "leader"
+                if !took { try await Task.sleep(for: .milliseconds(200)) }
+            }
+            #expect(took, "\(other) did not take over mirroring")
+            #expect(try reach("prod/client\(n)", "prod/web\(n)"))
+            try t.must(["apply", "-f", "-"], input: denyWeb.replacingOccurrences(of: "deny-web", with: "deny-web-again"))
+            #expect(try !reach("prod/client\(n)", "prod/web\(n)"))
+        }
+    }
+}
