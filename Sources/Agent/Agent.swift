@@ -30,6 +30,9 @@ public struct AgentConfig: Sendable {
     public var pinDirectory: String?
     /// Flows kept for the Observer API (Hubble's default).
     public var flowRingCapacity = 4095
+    /// Pod labels come from Kubernetes: an endpoint whose pod has not arrived from the API
+    /// server yet gets the init identity and no traffic (Agent+Kubernetes.swift).
+    public var kubernetesMode = false
 
     public init(nodeName: String, nodeAddress: IPv4Address, preferredCIDRIndex: Int?, stateDirectory: String,
                 socketPath: String, etcdEndpoint: String) {

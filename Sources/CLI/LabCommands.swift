@@ -86,6 +86,7 @@ struct LabCommand: ParsableCommand {
             @Option(help: "Labels k=v,...") var labels = ""
             @Option(help: "Echo servers: tcp:80,udp:53:dns,... (PROTO:PORT[:NAME] also declares a named port).") var serve: String?
             @Option(help: "Service account.") var serviceAccount = "default"
+            @Flag(help: "Kubernetes lab: run CNI ADD without creating the Pod object first (as a runtime ahead of the API server).") var withoutPodObject = false
 
             func validate() throws {
                 _ = try splitPod(pod)
@@ -97,7 +98,7 @@ struct LabCommand: ParsableCommand {
                 let (ns, name) = try splitPod(pod)
                 let l = try Manifest.parseLabelChanges(labels, allowRemove: false).set
                 let p = try labOptions.open().addPod(namespace: ns, name: name, node: node, labels: l, serve: serve,
-                                                     serviceAccount: serviceAccount)
+                                                     serviceAccount: serviceAccount, podObject: !withoutPodObject)
                 print("pod \(p.namespace)/\(p.name) on \(p.node): \(p.ip)")
             }
         }

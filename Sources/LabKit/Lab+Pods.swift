@@ -44,7 +44,7 @@ extension Lab {
     // MARK: pods
 
     public func addPod(namespace: String, name podName: String, node: String, labels: [String: String],
-                       serve: String?, serviceAccount: String) throws -> LabState.Pod {
+                       serve: String?, serviceAccount: String, podObject: Bool = true) throws -> LabState.Pod {
         let s = try loadState()
         guard let n = s.node(node) else { throw LabError("lab \(name) has no node \(node)") }
         guard !n.stopped else { throw LabError("\(node) is stopped (fathom lab node start \(node))") }
@@ -59,8 +59,9 @@ extension Lab {
         let kubernetes = s.kubernetes == true
         if kubernetes {   // the Pod object through the API server (Lab+Kubernetes.swift)
             _ = try cniConfigFromNode(node)
-            try createPodObject(namespace: namespace, name: podName, node: node, labels: labels, ports: ports,
-                                serviceAccount: serviceAccount)
+            // Without it: CNI ADD runs before the API server has the pod (a test of the init identity).
+            if podObject { try createPodObject(namespace: namespace, name: podName, node: node, labels: labels, ports: ports,
+                                serviceAccount: serviceAccount) }
         } else {
             try change(.podUpsert(PodRecord(namespace: namespace, name: podName, labels: labels,
                                             serviceAccount: serviceAccount, ports: ports)))

@@ -56,6 +56,7 @@ struct AgentCommand: AsyncParsableCommand {
         config.uplink = uplink
         config.pinDirectory = noDatapath ? nil : pinDir
         config.flowRingCapacity = hubbleRingCapacity
+        config.kubernetesMode = kubeconfig != nil || k8sInCluster
         let store = try EtcdStore(endpoint: etcd, logger: log)
         let agent = try Agent(config: config, store: store, logger: log)
         let kubeClient = try KubernetesMode.config(kubeconfig: kubeconfig, inCluster: k8sInCluster)

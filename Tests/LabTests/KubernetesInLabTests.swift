@@ -90,5 +90,46 @@ extension LabTests {
             try t.must(["apply", "-f", "-"], input: denyWeb.replacingOccurrences(of: "deny-web", with: "deny-web-again"))
             #expect(try !reach("prod/client\(n)", "prod/web\(n)"))
         }
+
+        /// CNI ADD ahead of the API server: the endpoint has the init identity and no traffic
+        /// until the Pod arrives, then its own identity and policy.
+        @Test func aPodAheadOfTheAPIServerWaitsWithTheInitIdentity() async throws {
+            let t = try TestLab(tag: "k8si", nodes: 1, upArguments: ["--k8s"])
+            defer { t.down() }
+            let client = try t.lab.apiClient()
+            do {
+                try await checkInit(t, client)
+            } catch {
+                try? await client.shutdown()
+                throw error
+            }
+            try await client.shutdown()
+        }
+
+        func checkInit(_ t: TestLab, _ client: KubeClient) async throws {
+            try t.must(["lab", "pod", "add", "prod/client", "--node", "node1", "--labels", "app=client", "--serve", "tcp:80"])
+            try t.must(["lab", "pod", "add", "prod/early", "--node", "node1", "--serve", "tcp:80", "--without-pod-object"])
+            func identity(_ pod: String) throws -> Int? {
+                let endpoints = try t.status("node1")["endpoints"] as? [[String: Any]] ?? []
+                return endpoints.first { $0["podName"] as? String == pod }?["identity"] as? Int
+            }
+            #expect(try identity("early") == 5)
+            #expect(try identity("client").map { $0 >= 256 } == true)
+            #expect(try t.probe("prod/client", "prod/early").status == 1, "nothing reaches a pod with the init identity")
+            #expect(try t.probe("prod/early", "prod/client").status == 1, "a pod with the init identity reaches nothing")
+
+            // The Pod arrives from the API server: its labels give the endpoint its identity.
+            var pod = KubeObject(apiVersion: "v1", kind: "Pod", metadata: ObjectMeta(name: "early", namespace: "prod", labels: ["app": "web"]))
+            pod.spec = ["nodeName": "node1", "containers": [["name": "echo", "image": "fathom-lab-echo"]]]
+            _ = try await client.create(.pods, pod)
+            var id = try identity("early")
+            for _ in 0..<100 where id == 5 {
+                try await Task.sleep(for: .milliseconds(100))
+                id = try identity("early")
+            }
+            #expect(id.map { $0 >= 256 } == true, "identity \(String(describing: id))")
+            #expect(try t.probe("prod/client", "prod/early").status == 0)
+            #expect(try t.probe("prod/early", "prod/client").status == 0)
+        }
     }
 }
