@@ -27,11 +27,6 @@ struct KubernetesMode: Sendable {
         return nil
     }
 
-    /// The conflist the runtime reads: one plugin, fathom-cni, talking to this agent.
-    static func conflist(socketPath: String) -> String {
-        #"{"cniVersion":"1.0.0","name":"fathom","plugins":[{"type":"fathom-cni","agentSocket":"\#(socketPath)"}]}"# + "\n"
-    }
-
     /// Leader election and the mirror; returns when cancelled.
     func runSource() async {
         guard let client else { return }
@@ -43,45 +38,14 @@ struct KubernetesMode: Sendable {
         }
     }
 
-    /// Waits for the agent to be ready, removes the taint (retrying until it is gone), then
-    /// writes the conflist.
+    /// Taint off, then the conflist, once the agent is ready (NodeReadiness).
     func runReadiness() async {
-        while !Task.isCancelled {
-            if case .status(let s) = await agent.handle(.status), s.ready { break }
-            try? await Task.sleep(for: .milliseconds(200))
-        }
-        if let client {
-            var delay = Duration.milliseconds(200)
-            while !Task.isCancelled {
-                do {
-                    let removed = try await client.removeTaint(FathomTaint.agentNotReady, fromNode: node)
-                    await agent.setHealth("k8s-node", removed ? "taint \(FathomTaint.agentNotReady) removed" : "no taint")
-                    log.info("node is ready", metadata: ["taint.removed": "\(removed)"])
-                    break
-                } catch {
-                    await agent.setHealth("k8s-node", "taint removal failing: \(error)")
-                    log.warning("removing the agent-not-ready taint failed; retrying", metadata: ["error": "\(error)"])
-                    try? await Task.sleep(for: delay)
-                    delay = min(delay * 2, .seconds(10))
-                }
-            }
-        }
-        guard let path = cniConfPath, !Task.isCancelled else { return }
-        do {
-            try writeAtomically(path, Self.conflist(socketPath: socketPath))
-            log.info("CNI configuration written", metadata: ["path": "\(path)"])
-        } catch {
-            await agent.setHealth("cni-conf", "\(error)")
-            log.error("writing the CNI configuration failed", metadata: ["path": "\(path)", "error": "\(error)"])
-        }
-    }
-
-    /// The runtime may read the folder at any moment: never a half-written file.
-    func writeAtomically(_ path: String, _ text: String) throws {
-        let dir = (path as NSString).deletingLastPathComponent
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let tmp = dir + "/.\((path as NSString).lastPathComponent).tmp"
-        try Data(text.utf8).write(to: URL(fileURLWithPath: tmp))
-        guard rename(tmp, path) == 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path]) }
+        let agent = self.agent
+        await NodeReadiness(client: client, node: node, cniConfPath: cniConfPath,
+                            cniConfList: NodeReadiness.conflist(agentSocket: socketPath), logger: log)
+            .run(isReady: {
+                if case .status(let s) = await agent.handle(.status) { return s.ready }
+                return false
+            }, report: { key, value in await agent.setHealth(key, value) })
     }
 }
