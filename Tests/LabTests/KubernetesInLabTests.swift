@@ -92,7 +92,8 @@ extension LabTests {
         }
 
         /// CNI ADD ahead of the API server: the endpoint has the init identity and no traffic
-        /// until the Pod arrives, then its own identity and policy.
+        /// until the Pod arrives, then its own identity and policy. Then pod and node labels
+        /// changed through the API server reach the agents.
         @Test func aPodAheadOfTheAPIServerWaitsWithTheInitIdentity() async throws {
             let t = try TestLab(tag: "k8si", nodes: 1, upArguments: ["--k8s"])
             defer { t.down() }
@@ -130,6 +131,16 @@ extension LabTests {
             #expect(id.map { $0 >= 256 } == true, "identity \(String(describing: id))")
             #expect(try t.probe("prod/client", "prod/early").status == 0)
             #expect(try t.probe("prod/early", "prod/client").status == 0)
+
+            // Labels are changed on the API objects and reach the store through the mirror.
+            try t.must(["lab", "pod", "label", "prod/client", "team=a"])
+            try t.must(["lab", "node", "label", "node1", "egress=true"])
+            #expect(try await client.get(.pods, namespace: "prod", name: "client").metadata.labels == ["app": "client", "team": "a"])
+            #expect(try await client.get(.nodes, name: "node1").metadata.labels["egress"] == "true")
+            let pods = try JSONSerialization.jsonObject(with: Data(try t.must(["get", "pods", "-o", "json"]).utf8)) as? [[String: Any]] ?? []
+            #expect(pods.first { $0["name"] as? String == "client" }?["labels"] as? [String: String] == ["app": "client", "team": "a"])
+            let nodes = try JSONSerialization.jsonObject(with: Data(try t.must(["get", "nodes", "-o", "json"]).utf8)) as? [[String: Any]] ?? []
+            #expect((nodes.first?["labels"] as? [String: String])?["egress"] == "true")
         }
     }
 }
