@@ -172,6 +172,16 @@ extension Lab {
         try waitMirrored(.pods, atLeast: rv)
     }
 
+    /// As kubelet after a successful CNI ADD: the Pod's status carries its address.
+    func reportPodRunning(namespace: String, name podName: String, ip: IPv4Address) throws {
+        let patch: JSONValue = ["status": ["phase": "Running", "podIP": .string(ip.description),
+                                           "podIPs": [["ip": .string(ip.description)]]]]
+        let rv: String? = try withAPI { client in
+            try await client.mergePatch(.pods, namespace: namespace, name: podName, patch: patch, subresource: "status").resourceVersion
+        }
+        try waitMirrored(.pods, atLeast: rv)
+    }
+
     func deletePodObject(namespace: String, name podName: String) throws {
         let rv: String? = try withAPI { client in
             do {

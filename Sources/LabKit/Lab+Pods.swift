@@ -92,6 +92,7 @@ extension Lab {
             undoRecord()
             throw LabError("CNI ADD for \(namespace)/\(podName) failed: \(out.stdout)\(out.stderr)")
         }
+        if kubernetes && podObject { try reportPodRunning(namespace: namespace, name: podName, ip: ip) }   // Lab+Kubernetes.swift
         var echo: Int32?
         if !listeners.isEmpty {
             echo = try startEcho(netns: netns, serve: serve!, log: paths.nodeDirectory(node) + "/pod-\(namespace)-\(podName).log")

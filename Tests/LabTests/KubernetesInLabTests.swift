@@ -45,6 +45,8 @@ extension LabTests {
             let pod = try await client.get(.pods, namespace: "prod", name: "web2")
             #expect(pod.spec?["nodeName"]?.stringValue == "node2")
             #expect(pod.metadata.labels == ["app": "web"])
+            let web2 = try t.lab.loadState().pod("prod/web2")
+            #expect(pod.status?["podIP"]?.stringValue == web2?.ip.description, "kubelet's part: the Pod's status has its address")
             func reach(_ from: String, _ to: String) throws -> Bool {
                 let out = try t.probe(from, to)
                 #expect(out.status != 2, "\(out.stderr)")
