@@ -206,5 +206,18 @@ package.targets.append(contentsOf: [
             .product(name: "Yams", package: "Yams"),
         ],
         swiftSettings: swift6),
+    // The lab's fake API server process (`fathom lab up --k8s`); like policy-bench, not a product.
+    .executableTarget(
+        name: "fake-kube-apiserver",
+        dependencies: ["FakeKubeAPI", "K8s", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+        swiftSettings: swift6),
 ])
+// Kubernetes mode of targets declared above: the agent runs K8sSource; the lab drives the
+// fake API server; lab tests read Nodes through it.
+for (target, extra) in [
+    ("fathom-agent", ["K8s"]), ("LabKit", ["K8s"]), ("LabTests", ["K8s"]),
+] {
+    package.targets.first { $0.name == target }!.dependencies += extra.map { .target(name: $0) }
+}
+package.targets.first { $0.name == "LabKit" }!.dependencies.append(.product(name: "Yams", package: "Yams"))
 // ---- end of Kubernetes entries -------------------------------------------------------

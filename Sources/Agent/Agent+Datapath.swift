@@ -46,6 +46,7 @@ extension Agent {
         let key = "\(ep.podNamespace)/\(ep.podName)"
         var pod = pods[key]
         if pod == nil { pod = try await getJSON(StoreKeys.pod(ep.podNamespace, ep.podName)) }
+        if awaitingKubernetesLabels(pod) { return ReservedIdentity.initializing.labels }   // Agent+Kubernetes.swift
         let record = pod ?? PodRecord(namespace: ep.podNamespace, name: ep.podName)
         // Namespaces come from the watch cache: one never applied has no record anyway.
         return IdentityLabels.forPod(record, namespace: namespaces[ep.podNamespace])

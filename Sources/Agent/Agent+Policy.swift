@@ -63,7 +63,7 @@ extension Agent {
         let u = universe()
         for ep in state.endpoints where ep.ready && !pinnedPolicies.contains(ep.id) {
             guard let view = endpointView(ep) else { continue }
-            let r = PolicyResolver.resolve(policies: objects, endpoint: view, universe: u)
+            let r = resolvePolicy(policies: objects, endpoint: view, universe: u)
             for (ref, origin) in r.rules { ruleOrigins[ref] = origin }
             enforcedBy[ep.id] = (r.ingressEnforcedBy, r.egressEnforcedBy)
             guard state.policies[ep.id] != r.policy else { continue }
@@ -79,7 +79,7 @@ extension Agent {
     /// The policy of an endpoint about to come up, before its veth does (fail closed).
     func resolveBeforeActivation(_ ep: EndpointInfo) {
         guard !pinnedPolicies.contains(ep.id), let view = endpointView(ep) else { return }
-        let r = PolicyResolver.resolve(policies: Array(policyObjects.values), endpoint: view, universe: universe())
+        let r = resolvePolicy(policies: Array(policyObjects.values), endpoint: view, universe: universe())
         for (ref, origin) in r.rules { ruleOrigins[ref] = origin }
         enforcedBy[ep.id] = (r.ingressEnforcedBy, r.egressEnforcedBy)
         state.policies[ep.id] = r.policy

@@ -32,6 +32,9 @@ public struct AgentConfig: Sendable {
     public var flowRingCapacity = 4095
     /// Destinations pods reach without masquerade, besides the cluster's pod CIDR.
     public var nonMasqueradeCIDRs: [IPv4Prefix] = []
+    /// Pod labels come from Kubernetes: an endpoint whose pod has not arrived from the API
+    /// server yet gets the init identity and no traffic (Agent+Kubernetes.swift).
+    public var kubernetesMode = false
 
     public init(nodeName: String, nodeAddress: IPv4Address, preferredCIDRIndex: Int?, stateDirectory: String,
                 socketPath: String, etcdEndpoint: String) {
@@ -275,6 +278,8 @@ public actor Agent {
             if let p = try? dec.decode(PolicyObject.self, from: data) { policyObjects[kv.key] = p }
         } else if kv.key.hasPrefix(StoreKeys.egressGateways) {
             if let p = try? dec.decode(EgressGatewayPolicy.self, from: data) { egressPolicies[kv.key] = p }
+        } else if kv.key.hasPrefix(Self.k8sMarkerPrefix) {   // Kubernetes mode (Agent+Kubernetes.swift)
+            noteK8sMarker(kv)
         }
     }
 

@@ -77,7 +77,10 @@ struct Status: ParsableCommand {
 struct FileOption: ParsableArguments {
     @Option(name: .shortAndLong, help: "Manifest file (multi-document YAML or JSON), or - for stdin.") var filename: String
 
-    func manifests() throws -> [Manifest] {
+    func manifests() throws -> [Manifest] { try read().manifests }
+
+    /// The text (stdin can be read once) and what it holds.
+    func read() throws -> (text: String, manifests: [Manifest]) {
         let text: String
         if filename == "-" {
             text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
@@ -87,7 +90,7 @@ struct FileOption: ParsableArguments {
             }
             text = String(decoding: data, as: UTF8.self)
         }
-        return try Manifest.parse(text, file: filename == "-" ? "<stdin>" : filename)
+        return (text, try Manifest.parse(text, file: filename == "-" ? "<stdin>" : filename))
     }
 }
 
@@ -97,8 +100,11 @@ struct Apply: ParsableCommand {
     @OptionGroup var file: FileOption
 
     func run() throws {
-        let manifests = try file.manifests()   // the whole file is checked before anything is applied
+        let (text, manifests) = try file.read()   // the whole file is checked before anything is applied
         let lab = try labOptions.open()
+        if lab.isKubernetes {   // through the lab's API server (LabKit/Lab+Kubernetes.swift)
+            return try lab.applyThroughAPI(text, delete: false).forEach { print($0) }
+        }
         var services: [Manifest] = []
         for m in manifests {
             switch m {
@@ -125,8 +131,11 @@ struct Delete: ParsableCommand {
     @OptionGroup var file: FileOption
 
     func run() throws {
-        let manifests = try file.manifests()
+        let (text, manifests) = try file.read()
         let lab = try labOptions.open()
+        if lab.isKubernetes {   // through the lab's API server (LabKit/Lab+Kubernetes.swift)
+            return try lab.applyThroughAPI(text, delete: true).forEach { print($0) }
+        }
         for m in manifests {
             switch m {
             case .namespace(let ns):

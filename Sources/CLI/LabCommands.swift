@@ -17,6 +17,7 @@ struct LabCommand: ParsableCommand {
         @Option(help: "Number of nodes (1-9).") var nodes = 2
         @Flag(help: "Agents without the eBPF datapath: kernel routing only (the baseline of benchmarks).") var noDatapath = false
         @Option(help: "Flows each agent's observer keeps (default 4095, as Hubble).") var hubbleRingCapacity: Int?
+        @Flag(name: .customLong("k8s"), help: "Feed the cluster from a fake Kubernetes API server in the lab instead of the store directly.") var kubernetes = false
         func validate() throws {
             guard (1...9).contains(nodes) else { throw ValidationError("--nodes must be 1 to 9") }
             if let c = hubbleRingCapacity, !(1...1_048_575).contains(c) {
@@ -25,7 +26,7 @@ struct LabCommand: ParsableCommand {
         }
         func run() throws {
             let lab = try labOptions.open()
-            try lab.up(nodes: nodes, datapath: !noDatapath, flowRingCapacity: hubbleRingCapacity) { print($0) }
+            try lab.up(nodes: nodes, datapath: !noDatapath, flowRingCapacity: hubbleRingCapacity, kubernetes: kubernetes) { print($0) }
             print("lab \(lab.name) is up with \(nodes) nodes")
         }
     }
@@ -85,6 +86,7 @@ struct LabCommand: ParsableCommand {
             @Option(help: "Labels k=v,...") var labels = ""
             @Option(help: "Echo servers: tcp:80,udp:53:dns,... (PROTO:PORT[:NAME] also declares a named port).") var serve: String?
             @Option(help: "Service account.") var serviceAccount = "default"
+            @Flag(help: "Kubernetes lab: run CNI ADD without creating the Pod object first (as a runtime ahead of the API server).") var withoutPodObject = false
 
             func validate() throws {
                 _ = try splitPod(pod)
@@ -96,7 +98,7 @@ struct LabCommand: ParsableCommand {
                 let (ns, name) = try splitPod(pod)
                 let l = try Manifest.parseLabelChanges(labels, allowRemove: false).set
                 let p = try labOptions.open().addPod(namespace: ns, name: name, node: node, labels: l, serve: serve,
-                                                     serviceAccount: serviceAccount)
+                                                     serviceAccount: serviceAccount, podObject: !withoutPodObject)
                 print("pod \(p.namespace)/\(p.name) on \(p.node): \(p.ip)")
             }
         }

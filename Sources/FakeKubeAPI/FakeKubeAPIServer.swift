@@ -61,14 +61,17 @@ public final class FakeKubeAPIServer: Sendable {
     private let settings = Mutex(Settings())
     private let gate = Mutex(Gate())
     private let counters = Mutex([String: Int]())
-    private let serverChannel: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>
-    private let acceptTask = Mutex<Task<Void, Never>?>(nil)
+    typealias Listener = NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>
+    private let serverChannels: [Listener]
+    private let acceptTasks = Mutex<[Task<Void, Never>]>([])
 
-    /// The port the server listens on (127.0.0.1).
+    /// The TCP port the server listens on.
     public let port: Int
+    /// The TCP address the server listens on (127.0.0.1 unless started with another).
+    public let host: String
     private let tls: Bool
-    /// `http://127.0.0.1:PORT`, or `https://` when serving TLS.
-    public var url: String { "\(tls ? "https" : "http")://127.0.0.1:\(port)" }
+    /// `http://HOST:PORT`, or `https://` when serving TLS.
+    public var url: String { "\(tls ? "https" : "http")://\(host):\(port)" }
 
     struct Settings {
         var token: String?
@@ -95,10 +98,11 @@ public final class FakeKubeAPIServer: Sendable {
     }
 
     private init(
-        serverChannel: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>, port: Int,
+        serverChannels: [Listener], host: String, port: Int,
         tls: Bool
     ) {
-        self.serverChannel = serverChannel
+        self.serverChannels = serverChannels
+        self.host = host
         self.port = port
         self.tls = tls
     }
@@ -107,22 +111,40 @@ public final class FakeKubeAPIServer: Sendable {
     /// (default, kube-system, kube-public, kube-node-lease). `token`: the bearer token
     /// required of every request (nil: no check); `tls` serves HTTPS.
     public static func start(token: String? = nil, tls: FakeTLS? = nil) async throws -> FakeKubeAPIServer {
+        try await start(token: token, tls: tls, host: "127.0.0.1", port: 0)
+    }
+
+    /// As above, on `host:port` (port 0: ephemeral), and also on the unix socket at
+    /// `unixSocket` when given (plain HTTP there, same store): the lab's fake API server
+    /// process listens inside the lab and on a socket the CLI reaches from outside it.
+    public static func start(
+        token: String? = nil, tls: FakeTLS? = nil, host: String, port: Int, unixSocket: String? = nil
+    ) async throws -> FakeKubeAPIServer {
         let sslContext = try tls?.context()
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .bind(host: "127.0.0.1", port: 0) { child in
-                child.eventLoop.makeCompletedFuture {
-                    if let sslContext {
-                        try child.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
-                    }
-                    try child.pipeline.syncOperations.configureHTTPServerPipeline()
-                    return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: child)
+        func bootstrap() -> ServerBootstrap {
+            ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+        }
+        @Sendable func configure(_ child: any Channel, secure: Bool) -> EventLoopFuture<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>> {
+            child.eventLoop.makeCompletedFuture {
+                if secure, let sslContext {
+                    try child.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
                 }
+                try child.pipeline.syncOperations.configureHTTPServerPipeline()
+                return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: child)
             }
-        guard let port = channel.channel.localAddress?.port else {
+        }
+        var channels: [Listener] = []
+        let channel = try await bootstrap().bind(host: host, port: port) { configure($0, secure: true) }
+        channels.append(channel)
+        if let unixSocket {
+            try? FileManager.default.removeItem(atPath: unixSocket)
+            channels.append(try await bootstrap().bind(unixDomainSocketPath: unixSocket) { configure($0, secure: false) })
+        }
+        guard let boundPort = channel.channel.localAddress?.port else {
             throw FakeServerError(description: "fake API server bound without a port")
         }
-        let server = FakeKubeAPIServer(serverChannel: channel, port: port, tls: tls != nil)
+        let server = FakeKubeAPIServer(serverChannels: channels, host: host, port: boundPort, tls: tls != nil)
         server.settings.withLock { $0.token = token }
         server.state.withLock { store in
             for r in FakeKubeAPIServer.builtIns { store.resources[r.id] = r }
@@ -133,17 +155,19 @@ public final class FakeKubeAPIServer: Sendable {
                     store: &store))
             }
         }
-        let task = Task<Void, Never> {
-            try? await withThrowingDiscardingTaskGroup { group in
-                try await channel.executeThenClose { inbound in
-                    for try await connection in inbound {
-                        group.addTask { await server.serve(connection) }
+        let tasks = channels.map { listener in
+            Task<Void, Never> {
+                try? await withThrowingDiscardingTaskGroup { group in
+                    try await listener.executeThenClose { inbound in
+                        for try await connection in inbound {
+                            group.addTask { await server.serve(connection) }
+                        }
                     }
                 }
+                return
             }
-            return
         }
-        server.acceptTask.withLock { $0 = task }
+        server.acceptTasks.withLock { $0 = tasks }
         return server
     }
 
@@ -154,8 +178,8 @@ public final class FakeKubeAPIServer: Sendable {
             store.watchers.removeAll()
         }
         releaseWatches()
-        try? await serverChannel.channel.close()
-        acceptTask.withLock { $0?.cancel() }
+        for listener in serverChannels { try? await listener.channel.close() }
+        acceptTasks.withLock { $0.forEach { $0.cancel() } }
     }
 
     // MARK: Test controls
@@ -596,8 +620,11 @@ public final class FakeKubeAPIServer: Sendable {
         let r = route.resource
         let key = FakeKey(namespace: route.namespace ?? "", name: name)
         return state.withLock { store in
-            guard let current = store.current(r.id, key) else { return notFound(r, name) }
+            guard var current = store.current(r.id, key) else { return notFound(r, name) }
             _ = store.write(r.id, key, nil)
+            // As kube-apiserver: the last state, at the revision of the deletion (what the
+            // watch's DELETED event carries), so a client can wait for that revision.
+            current["metadata"]?["resourceVersion"] = .string(String(store.revision))
             return .json(200, current)
         }
     }

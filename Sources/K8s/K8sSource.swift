@@ -78,16 +78,22 @@ public struct K8sSource: Sendable {
         do {
             for try await update in informer.stream() {
                 do {
+                    let version: String
                     switch update {
-                    case .snapshot(let objects, _): try await sync(mirror, objects)
-                    case .events(let changes, _):
+                    case .snapshot(let objects, let rv):
+                        try await sync(mirror, objects)
+                        version = rv
+                    case .events(let changes, let rv):
                         for change in changes {
                             switch change {
                             case .added(let o), .modified(let o): try await upsert(mirror, o)
                             case .deleted(let o): try await remove(mirror, o)
                             }
                         }
+                        version = rv
                     }
+                    // Everything of this resource up to `version` is in the store (SourceLeader.swift).
+                    try await store.put(K8sSyncMarkers.key(mirror.resource), Array(version.utf8), lease: 0)
                 } catch {
                     logger.warning("mirroring into the store failed", metadata: ["error": "\(error)"])
                 }

@@ -190,8 +190,11 @@ public final class KubeClient: Sendable {
         return try await object(resource, call(.PATCH, path, body: patch, contentType: "application/merge-patch+json"))
     }
 
-    public func delete(_ resource: Resource, namespace: String? = nil, name: String) async throws {
-        _ = try await call(.DELETE, resource.objectPath(namespace: namespace, name: name))
+    /// Returns the server's answer: the deleted object (kube-apiserver stamps it with the
+    /// deletion's resourceVersion) or a Status.
+    @discardableResult
+    public func delete(_ resource: Resource, namespace: String? = nil, name: String) async throws -> JSONValue {
+        try await call(.DELETE, resource.objectPath(namespace: namespace, name: name))
     }
 
     /// Read-modify-write with optimistic concurrency: reads the object, applies `mutate`,

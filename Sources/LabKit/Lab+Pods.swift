@@ -44,7 +44,7 @@ extension Lab {
     // MARK: pods
 
     public func addPod(namespace: String, name podName: String, node: String, labels: [String: String],
-                       serve: String?, serviceAccount: String) throws -> LabState.Pod {
+                       serve: String?, serviceAccount: String, podObject: Bool = true) throws -> LabState.Pod {
         let s = try loadState()
         guard let n = s.node(node) else { throw LabError("lab \(name) has no node \(node)") }
         guard !n.stopped else { throw LabError("\(node) is stopped (fathom lab node start \(node))") }
@@ -56,14 +56,26 @@ extension Lab {
 
         // As kubelet does: the pod record first, then CNI ADD.
         let client = agent(node)
-        try change(.podUpsert(PodRecord(namespace: namespace, name: podName, labels: labels,
-                                        serviceAccount: serviceAccount, ports: ports)))
+        let kubernetes = s.kubernetes == true
+        if kubernetes {   // the Pod object through the API server (Lab+Kubernetes.swift)
+            _ = try cniConfigFromNode(node)
+            // Without it: CNI ADD runs before the API server has the pod (a test of the init identity).
+            if podObject { try createPodObject(namespace: namespace, name: podName, node: node, labels: labels, ports: ports,
+                                serviceAccount: serviceAccount) }
+        } else {
+            try change(.podUpsert(PodRecord(namespace: namespace, name: podName, labels: labels,
+                                            serviceAccount: serviceAccount, ports: ports)))
+        }
+        let undoRecord = {
+            if kubernetes { try? self.deletePodObject(namespace: namespace, name: podName) }
+            else { _ = try? client.call(.podDelete(namespace: namespace, name: podName)) }
+        }
         let netnsName = paths.podNetns(namespace, podName)
         let netns = NetworkNamespace.path(netnsName)
         do {
             _ = try makeNamespace(netnsName)
         } catch {
-            _ = try? client.call(.podDelete(namespace: namespace, name: podName))
+            undoRecord()
             throw error
         }
         let containerID = Self.randomContainerID()
@@ -72,14 +84,15 @@ extension Lab {
             out = try invokeCNI("ADD", node: node, containerID: containerID, netns: netns, namespace: namespace, pod: podName)
         } catch {
             try? NetworkNamespace.delete(netnsName)
-            _ = try? client.call(.podDelete(namespace: namespace, name: podName))
+            undoRecord()
             throw error
         }
         guard out.status == 0, let ip = Self.resultAddress(out.stdout) else {
             try? NetworkNamespace.delete(netnsName)
-            _ = try? client.call(.podDelete(namespace: namespace, name: podName))
+            undoRecord()
             throw LabError("CNI ADD for \(namespace)/\(podName) failed: \(out.stdout)\(out.stderr)")
         }
+        if kubernetes && podObject { try reportPodRunning(namespace: namespace, name: podName, ip: ip) }   // Lab+Kubernetes.swift
         var echo: Int32?
         if !listeners.isEmpty {
             echo = try startEcho(netns: netns, serve: serve!, log: paths.nodeDirectory(node) + "/pod-\(namespace)-\(podName).log")
@@ -128,7 +141,8 @@ extension Lab {
 
     /// Calls fathom-cni in the node's namespace exactly as kubelet (via the runtime) does.
     func invokeCNI(_ command: String, node: String, containerID: String, netns: String, namespace: String, pod: String) throws -> Processes.Output {
-        let conf = "{\"cniVersion\":\"1.0.0\",\"name\":\"fathom\",\"type\":\"fathom-cni\",\"agentSocket\":\"\(paths.agentSocket(node))\"}"
+        let conf = (try? loadState().kubernetes) == true ? try cniConfigFromNode(node)   // what the agent wrote
+            : "{\"cniVersion\":\"1.0.0\",\"name\":\"fathom\",\"type\":\"fathom-cni\",\"agentSocket\":\"\(paths.agentSocket(node))\"}"
         let env = [
             "CNI_COMMAND": command, "CNI_CONTAINERID": containerID, "CNI_NETNS": netns, "CNI_IFNAME": "eth0",
             "CNI_PATH": Processes.binaryDirectory,
@@ -153,18 +167,21 @@ extension Lab {
         for pid in Processes.pids(inNetns: NetworkNamespace.path(pod.netns)) { Processes.stop(pid) }
         try NetworkNamespace.delete(pod.netns)
         try update { $0.pods.removeAll { "\($0.namespace)/\($0.name)" == key } }
+        if s.kubernetes == true { return try deletePodObject(namespace: pod.namespace, name: pod.name) }
         try change(.podDelete(namespace: pod.namespace, name: pod.name))
     }
 
     public func labelPod(_ key: String, _ changes: LabelChanges) throws {
         let s = try loadState()
         guard let pod = s.pod(key) else { throw LabError("lab \(name) has no pod \(key)") }
+        if s.kubernetes == true { return try labelObject(.pods, namespace: pod.namespace, name: pod.name, changes) }
         try change(.podLabel(namespace: pod.namespace, name: pod.name, changes: changes))
     }
 
     public func labelNode(_ node: String, _ changes: LabelChanges) throws {
         let s = try loadState()
         guard s.node(node) != nil else { throw LabError("lab \(name) has no node \(node)") }
+        if s.kubernetes == true { return try labelObject(.nodes, namespace: nil, name: node, changes) }
         try change(.nodeLabel(node: node, changes: changes))
     }
 

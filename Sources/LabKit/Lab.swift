@@ -82,6 +82,8 @@ public struct LabState: Codable, Sendable {
     public var noDatapath: Bool = false
     /// Flows each agent's observer keeps (nil: the agent's default, 4095).
     public var flowRingCapacity: Int?
+    /// Fed by a (fake) Kubernetes API server: `lab up --k8s` (Lab+Kubernetes.swift).
+    public var kubernetes: Bool?
 
     public func node(_ name: String) -> Node? { nodes.first { $0.name == name } }
     public func pod(_ key: String) -> Pod? { pods.first { "\($0.namespace)/\($0.name)" == key } }
@@ -163,7 +165,8 @@ public struct Lab: Sendable {
         return sock
     }
 
-    public func up(nodes count: Int, datapath: Bool = true, flowRingCapacity: Int? = nil, log: (String) -> Void) throws {
+    public func up(nodes count: Int, datapath: Bool = true, flowRingCapacity: Int? = nil, kubernetes: Bool = false,
+                   log: (String) -> Void) throws {
         guard (1...9).contains(count) else { throw LabError("--nodes must be 1 to 9") }
         guard !FileManager.default.fileExists(atPath: paths.stateFile) else {
             throw LabError("lab \(name) is already up (fathom lab down --lab \(name) first)")
@@ -180,7 +183,7 @@ public struct Lab: Sendable {
         }
         do {
             try FileManager.default.createDirectory(atPath: paths.runDirectory, withIntermediateDirectories: true)
-            try buildUp(count: count, datapath: datapath, flowRingCapacity: flowRingCapacity, log: log)
+            try buildUp(count: count, datapath: datapath, flowRingCapacity: flowRingCapacity, kubernetes: kubernetes, log: log)
         } catch {
             log("lab up failed: \(error); removing what was made")
             down(log: { _ in })
@@ -188,7 +191,7 @@ public struct Lab: Sendable {
         }
     }
 
-    func buildUp(count: Int, datapath: Bool, flowRingCapacity: Int?, log: (String) -> Void) throws {
+    func buildUp(count: Int, datapath: Bool, flowRingCapacity: Int?, kubernetes: Bool, log: (String) -> Void) throws {
         // The router joins the underlay bridge and the external side.
         let router = try makeNamespace(paths.routerNetns)
         try router.addBridge(name: "br0")
@@ -230,6 +233,12 @@ public struct Lab: Sendable {
         }
         log("etcd on \(url)")
 
+        if kubernetes {   // Lab+Kubernetes.swift
+            _ = try startKubernetes(nodes: count, log: log)
+            state.kubernetes = true
+            try saveState(state)
+        }
+
         state.externalEchoPID = try startEcho(netns: NetworkNamespace.path(paths.externalNetns), serve: "tcp:80,udp:80", log: paths.runDirectory + "/external-echo.log")
         try saveState(state)
 
@@ -246,6 +255,7 @@ public struct Lab: Sendable {
             try waitAgentReady(node.name)
             log("\(node.name) \(node.address): agent ready")
         }
+        if kubernetes { try waitNodesReadyForPods(state, log: log) }   // Lab+Kubernetes.swift
         // Every agent knows every node before the lab is declared up.
         try waitFor("routes between nodes", timeout: 20) {
             try state.nodes.allSatisfy { n in
@@ -276,7 +286,10 @@ public struct Lab: Sendable {
         let conf = """
         {"cniVersion":"1.0.0","name":"fathom","plugins":[{"type":"fathom-cni","agentSocket":"\(paths.agentSocket(node))"}]}
         """
-        FileManager.default.createFile(atPath: paths.nodeDirectory(node) + "/cni/10-fathom.conflist", contents: Data(conf.utf8))
+        // In a Kubernetes lab the agent writes the node's conflist once it is ready.
+        if (try? loadState().kubernetes) != true {
+            FileManager.default.createFile(atPath: paths.nodeDirectory(node) + "/cni/10-fathom.conflist", contents: Data(conf.utf8))
+        }
     }
 
     func startAgent(_ node: String, datapath: Bool? = nil) throws -> Int32 {
@@ -295,7 +308,8 @@ public struct Lab: Sendable {
                    "--pin-dir", paths.pinDirectory(node),
                    "--hubble-socket", paths.hubbleSocket(node),
                    "--hubble-listen-address", "\(LabAddresses.node(n)):\(LabPaths.hubblePort)",
-                   "--metrics-address", "\(LabAddresses.node(n)):\(LabPaths.metricsPort)"] + ring + (withDatapath ? [] : ["--no-datapath"]),
+                   "--metrics-address", "\(LabAddresses.node(n)):\(LabPaths.metricsPort)"] + ring + (withDatapath ? [] : ["--no-datapath"])
+                + kubernetesAgentArguments(node, labState),
             log: dir + "/agent.log")
     }
 

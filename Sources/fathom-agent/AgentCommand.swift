@@ -6,6 +6,7 @@ import Agent
 import AgentAPI
 import ClusterStore
 import Observe
+import K8s
 
 @main
 struct AgentCommand: AsyncParsableCommand {
@@ -27,6 +28,11 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Serve Prometheus metrics on http://host:port/metrics.") var metricsAddress: String?
     @Option(help: "A destination CIDR pods reach without masquerade (repeatable); the cluster's pod CIDR always is.")
     var nonMasqueradeCIDR: [String] = []
+    // ---- Kubernetes mode (KubernetesMode.swift) ----
+    @Option(help: "Kubernetes mode: kubeconfig of the API server to mirror into the store (one agent, elected, mirrors).") var kubeconfig: String?
+    @Flag(name: .customLong("k8s-in-cluster"), help: "Kubernetes mode with the pod's service account (KUBERNETES_SERVICE_HOST/PORT).") var k8sInCluster = false
+    @Option(help: "Write the CNI conflist here once the agent is ready (after removing the node's agent-not-ready taint in Kubernetes mode).") var writeCniConfWhenReady: String?
+    // ---- end of Kubernetes mode ----
 
     func validate() throws {
         guard IPv4Address(nodeIP) != nil else { throw ValidationError("--node-ip '\(nodeIP)' is not an IPv4 address") }
@@ -39,6 +45,7 @@ struct AgentCommand: AsyncParsableCommand {
         for c in nonMasqueradeCIDR where IPv4Prefix(c) == nil {
             throw ValidationError("--non-masquerade-cidr '\(c)' is not an IPv4 CIDR such as 10.0.0.0/8")
         }
+        if kubeconfig != nil && k8sInCluster { throw ValidationError("give --kubeconfig or --k8s-in-cluster, not both") }
         guard (1...1_048_575).contains(hubbleRingCapacity) else {
             throw ValidationError("--hubble-ring-capacity \(hubbleRingCapacity) is out of range: use 1 to 1048575 (Hubble's default is 4095)")
         }
@@ -55,8 +62,13 @@ struct AgentCommand: AsyncParsableCommand {
         config.pinDirectory = noDatapath ? nil : pinDir
         config.flowRingCapacity = hubbleRingCapacity
         config.nonMasqueradeCIDRs = nonMasqueradeCIDR.compactMap { IPv4Prefix($0) }
+        config.kubernetesMode = kubeconfig != nil || k8sInCluster
         let store = try EtcdStore(endpoint: etcd, logger: log)
         let agent = try Agent(config: config, store: store, logger: log)
+        let kubeClient = try KubernetesMode.config(kubeconfig: kubeconfig, inCluster: k8sInCluster)
+            .map { try KubeClient(config: $0, logger: log) }
+        let kubernetes = KubernetesMode(client: kubeClient, store: store, agent: agent, node: node, socketPath: socket,
+                                        cniConfPath: writeCniConfWhenReady, log: log)
 
         // The store may still be starting: keep trying, the datapath is untouched meanwhile.
         var attempt = 0
@@ -119,6 +131,8 @@ struct AgentCommand: AsyncParsableCommand {
                 }
             }
             group.addTask { await agent.runMaintenance() }
+            group.addTask { await kubernetes.runSource() }
+            group.addTask { await kubernetes.runReadiness() }
             for await s in signals {
                 log.info("shutting down; programs, routes and endpoints stay", metadata: ["signal": "\(s)"])
                 break
@@ -126,6 +140,7 @@ struct AgentCommand: AsyncParsableCommand {
             group.cancelAll()
         }
         server.shutdown()
+        try? await kubeClient?.shutdown()
         store.close()
     }
 }

@@ -107,6 +107,15 @@ import Yams
                 ]) && keys.isDisjoint(with: [StoreKeys.namespace("gone"), stale.storeKey]) && node?.labels == ["egress": "true"]
             })
 
+            // Progress markers: the version up to which each resource is in the store.
+            let webVersion = try #require(Int64(try await client.get(.pods, namespace: "prod", name: "web").resourceVersion ?? ""))
+            #expect(await eventually {
+                guard let kv = await store.get(K8sSyncMarkers.key(.pods)) else { return false }
+                return Int64(String(decoding: kv.value, as: UTF8.self)).map { $0 >= webVersion } ?? false
+            })
+            for resource in [Resource.namespaces, .networkPolicies, .ciliumNetworkPolicies, .ciliumClusterwideNetworkPolicies, .nodes] {
+                #expect(await store.get(K8sSyncMarkers.key(resource)) != nil, "\(resource)")
+            }
             #expect(await decode(NamespaceRecord.self, store, StoreKeys.namespace("prod")) == NamespaceRecord(name: "prod", labels: ["team": "a"]))
             #expect(await decode(NamespaceRecord.self, store, StoreKeys.namespace("kube-system")) != nil)
             let record = await decode(PodRecord.self, store, StoreKeys.pod("prod", "web"))
