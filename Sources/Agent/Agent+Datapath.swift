@@ -287,7 +287,10 @@ extension Agent {
     public func runMaintenance() async {
         while !Task.isCancelled {
             try? await Task.sleep(nanoseconds: 10_000_000_000)
-            if let datapath { _ = try? datapath.collectExpiredConntrack() }
+            if let datapath {
+                _ = try? datapath.collectExpiredConntrack()
+                _ = try? datapath.collectIdleNAT()
+            }
             _ = try? await identities.collectUnused(now: Date())
         }
     }

@@ -107,4 +107,19 @@ struct EgressFixtureTests {
         #expect(try f.drops().last?.dropReason == .noEgressGateway)
         #expect(try f.dp.dumpEgressPlan().count == 1, "differences only: the map holds exactly the plan")
     }
+
+    @Test func idleTranslationsAreFreedAndClosedOnesSooner() throws {
+        let f = try Fixture()
+        _ = try toNetdev(f, S.udp(a.ip, Self.external, 5000, 53))
+        _ = try toNetdev(f, S.tcp(a.ip, Self.external, 40020, 80))                  // open
+        _ = try toNetdev(f, S.tcp(a.ip, Self.external, 40021, 80))
+        _ = try toNetdev(f, S.tcp(a.ip, Self.external, 40021, 80, flags: 0x11))     // FIN
+        #expect(try f.dp.dumpNAT().count == 6)
+        let now = NodeDatapath.monotonicSeconds()
+        #expect(try f.dp.collectIdleNAT(now: now + 5) == 0, "nothing idle yet")
+        #expect(try f.dp.collectIdleNAT(now: now + 40) == 2, "the closed TCP connection after 30 s")
+        #expect(try f.dp.collectIdleNAT(now: now + 70) == 2, "UDP after 60 s")
+        #expect(try f.dp.dumpNAT().count == 2, "the open TCP connection stays")
+        #expect(try f.dp.collectIdleNAT(now: now + 21_700) == 2, "until idle for conntrack's lifetime")
+    }
 }

@@ -36,8 +36,22 @@ struct nat_entry {
 	__u32 addr;             /* OUT: new source; IN: original source (network order) */
 	__u16 port;             /*   and its port (host order) */
 	__u16 rev_nat_id;       /* IN: frontend to restore as the reply's source, 0 none */
-	__u64 created;          /* monotonic seconds */
+	__u64 created;          /* monotonic seconds it was last used (refreshed by every
+	                         * packet; FTH_NAT_CLOSING set once a FIN or RST passed):
+	                         * the agent frees a pair that stayed idle long enough */
 };
+
+#define FTH_NAT_CLOSING (1ULL << 63)
+
+/* Marks an entry used now (keeping, or setting on FIN/RST, its closing mark). */
+static __always_inline void nat_touch(struct nat_entry *e, const struct fth_flow *f)
+{
+	__u64 closing = e->created & FTH_NAT_CLOSING;
+
+	if (f->proto == IPPROTO_TCP && (f->tcp_flags & (FTH_TCP_FIN | FTH_TCP_RST)))
+		closing = FTH_NAT_CLOSING;
+	e->created = ct_now() | closing;
+}
 
 /* Written by the programs (allocation); read by the agent (dumps). */
 struct {
@@ -126,6 +140,7 @@ static __always_inline int snat4(struct __sk_buff *skb, struct fth_flow *f, __u3
 
 	if (e) {
 		port = e->port;
+		nat_touch(e, f);
 	} else {
 		struct nat_key in = {
 			.saddr = f->daddr, .daddr = nat_addr, .sport = f->dport,
@@ -179,6 +194,7 @@ static __always_inline int snat4_reverse(struct __sk_buff *skb, struct fth_flow 
 	addr = e->addr;
 	port = e->port;
 	*rev_nat_id = e->rev_nat_id;
+	nat_touch(e, f);
 	ret = nat_rewrite(skb, f, 1, addr, port);
 	return ret ? -ret : 1;
 }
