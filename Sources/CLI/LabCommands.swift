@@ -17,16 +17,22 @@ struct LabCommand: ParsableCommand {
         @Option(help: "Number of nodes (1-9).") var nodes = 2
         @Flag(help: "Agents without the eBPF datapath: kernel routing only (the baseline of benchmarks).") var noDatapath = false
         @Option(help: "Flows each agent's observer keeps (default 4095, as Hubble).") var hubbleRingCapacity: Int?
+        @Option(help: "A destination CIDR the agents do not masquerade (repeatable; for benchmarks' plain-routing baseline).")
+        var nonMasqueradeCIDR: [String] = []
         @Flag(name: .customLong("k8s"), help: "Feed the cluster from a fake Kubernetes API server in the lab instead of the store directly.") var kubernetes = false
         func validate() throws {
             guard (1...9).contains(nodes) else { throw ValidationError("--nodes must be 1 to 9") }
+            for c in nonMasqueradeCIDR where IPv4Prefix(c) == nil {
+                throw ValidationError("--non-masquerade-cidr '\(c)' is not an IPv4 CIDR such as 203.0.113.0/24")
+            }
             if let c = hubbleRingCapacity, !(1...1_048_575).contains(c) {
                 throw ValidationError("--hubble-ring-capacity \(c) is out of range: use 1 to 1048575")
             }
         }
         func run() throws {
             let lab = try labOptions.open()
-            try lab.up(nodes: nodes, datapath: !noDatapath, flowRingCapacity: hubbleRingCapacity, kubernetes: kubernetes) { print($0) }
+            try lab.up(nodes: nodes, datapath: !noDatapath, flowRingCapacity: hubbleRingCapacity, nonMasqueradeCIDRs: nonMasqueradeCIDR,
+                       kubernetes: kubernetes) { print($0) }
             print("lab \(lab.name) is up with \(nodes) nodes")
         }
     }

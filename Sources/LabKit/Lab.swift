@@ -82,6 +82,8 @@ public struct LabState: Codable, Sendable {
     public var noDatapath: Bool = false
     /// Flows each agent's observer keeps (nil: the agent's default, 4095).
     public var flowRingCapacity: Int?
+    /// Destinations the agents do not masquerade (benchmarks' plain-routing baseline).
+    public var nonMasqueradeCIDRs: [String]?
     /// Fed by a (fake) Kubernetes API server: `lab up --k8s` (Lab+Kubernetes.swift).
     public var kubernetes: Bool?
 
@@ -165,7 +167,8 @@ public struct Lab: Sendable {
         return sock
     }
 
-    public func up(nodes count: Int, datapath: Bool = true, flowRingCapacity: Int? = nil, kubernetes: Bool = false,
+    public func up(nodes count: Int, datapath: Bool = true, flowRingCapacity: Int? = nil, nonMasqueradeCIDRs: [String] = [],
+                   kubernetes: Bool = false,
                    log: (String) -> Void) throws {
         guard (1...9).contains(count) else { throw LabError("--nodes must be 1 to 9") }
         guard !FileManager.default.fileExists(atPath: paths.stateFile) else {
@@ -183,7 +186,8 @@ public struct Lab: Sendable {
         }
         do {
             try FileManager.default.createDirectory(atPath: paths.runDirectory, withIntermediateDirectories: true)
-            try buildUp(count: count, datapath: datapath, flowRingCapacity: flowRingCapacity, kubernetes: kubernetes, log: log)
+            try buildUp(count: count, datapath: datapath, flowRingCapacity: flowRingCapacity, nonMasqueradeCIDRs: nonMasqueradeCIDRs,
+                        kubernetes: kubernetes, log: log)
         } catch {
             log("lab up failed: \(error); removing what was made")
             down(log: { _ in })
@@ -191,7 +195,8 @@ public struct Lab: Sendable {
         }
     }
 
-    func buildUp(count: Int, datapath: Bool, flowRingCapacity: Int?, kubernetes: Bool, log: (String) -> Void) throws {
+    func buildUp(count: Int, datapath: Bool, flowRingCapacity: Int?, nonMasqueradeCIDRs: [String], kubernetes: Bool,
+                 log: (String) -> Void) throws {
         // The router joins the underlay bridge and the external side.
         let router = try makeNamespace(paths.routerNetns)
         try router.addBridge(name: "br0")
@@ -225,6 +230,7 @@ public struct Lab: Sendable {
             log: paths.runDirectory + "/etcd.log")
         var state = LabState(name: name, nodes: [], pods: [], etcdPID: etcdPID, externalEchoPID: nil, noDatapath: !datapath)
         state.flowRingCapacity = flowRingCapacity
+        state.nonMasqueradeCIDRs = nonMasqueradeCIDRs.isEmpty ? nil : nonMasqueradeCIDRs
         try saveState(state)
         try waitFor("etcd on \(url)", timeout: 20) {
             if case .answered = try Prober.probe(fromNetns: NetworkNamespace.path(paths.routerNetns), to: LabAddresses.underlayRouter,
@@ -296,6 +302,7 @@ public struct Lab: Sendable {
         let labState = try loadState()
         let withDatapath = datapath ?? !labState.noDatapath
         let ring = labState.flowRingCapacity.map { ["--hubble-ring-capacity", "\($0)"] } ?? []
+            + (labState.nonMasqueradeCIDRs ?? []).flatMap { ["--non-masquerade-cidr", $0] }
         guard let n = LabAddresses.nodeIndex(node) else { throw LabError("unknown node \(node)") }
         let dir = paths.nodeDirectory(node)
         try? FileManager.default.removeItem(atPath: paths.agentSocket(node))
