@@ -18,6 +18,7 @@
 #define FTH_NAT_PORT_MIN 61000
 #define FTH_NAT_PORT_MAX 65535
 #define FTH_NAT_RETRIES  32
+#define FTH_NAT_REUSE_AFTER 2   /* seconds a closed connection keeps its port */
 
 #define FTH_NAT_OUT 1           /* key is the outgoing tuple */
 #define FTH_NAT_IN  2           /* key is the reply tuple */
@@ -153,9 +154,19 @@ static __always_inline int snat4(struct __sk_buff *skb, struct fth_flow *f, __u3
 
 		for (i = 0; i < FTH_NAT_RETRIES; i++) {
 			__u16 p = FTH_NAT_PORT_MIN + bpf_get_prandom_u32() % (FTH_NAT_PORT_MAX - FTH_NAT_PORT_MIN + 1);
+			struct nat_entry *old;
 
 			in.dport = p;
 			if (bpf_map_update_elem(&fth_nat4_v1, &in, &orig, BPF_NOEXIST) == 0) {
+				port = p;
+				break;
+			}
+			/* Taken: by a connection that closed and has been quiet for a while?
+			 * Then its port is free again, as a TIME_WAIT socket's is (RFC 6191). */
+			old = bpf_map_lookup_elem(&fth_nat4_v1, &in);
+			if (old && (old->created & FTH_NAT_CLOSING) &&
+			    orig.created >= (old->created & ~FTH_NAT_CLOSING) + FTH_NAT_REUSE_AFTER &&
+			    bpf_map_update_elem(&fth_nat4_v1, &in, &orig, BPF_EXIST) == 0) {
 				port = p;
 				break;
 			}
