@@ -26,6 +26,8 @@ public struct AgentConfig: Sendable {
     /// bpffs folder of the node's pinned maps and links; nil runs without a datapath
     /// (unit tests of the control plane).
     public var pinDirectory: String?
+    /// cgroup v2 directory whose sockets get service translation at connect (Agent+Services).
+    public var socketLBCgroup: String?
 
     public init(nodeName: String, nodeAddress: IPv4Address, preferredCIDRIndex: Int?, stateDirectory: String,
                 socketPath: String, etcdEndpoint: String) {

@@ -30,6 +30,8 @@ public final class NodeDatapath: @unchecked Sendable {
     let fromNetdev: Program
     /// Service load balancing and NAT maps (LoadBalancer.swift).
     let lb: LBMaps
+    /// Socket-level service translation (SocketLB.swift); nil where the kernel refused it.
+    let sock: SocketLBObjects?
 
     private var linkDirectory: String { config.pinDirectory + "/links" }
     private let subscribers = Mutex<[Int: AsyncStream<DatapathEvent>.Continuation]>([:])
@@ -56,6 +58,7 @@ public final class NodeDatapath: @unchecked Sendable {
         toContainer = try lxc.program(ProgramName.toContainer)
         fromNetdev = try host.program(ProgramName.fromNetdev)
         lb = try LBMaps(lxc)
+        sock = try? SocketLBObjects(Self.load(name: "fth_sock", bytes: EmbeddedObjects.sock, config: config))
         try BPFFS.makeDirectory(linkDirectory)
     }
 

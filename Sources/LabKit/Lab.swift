@@ -224,6 +224,7 @@ public struct Lab: Sendable {
         state.externalEchoPID = try startEcho(netns: NetworkNamespace.path(paths.externalNetns), serve: "tcp:80,udp:80", log: paths.runDirectory + "/external-echo.log")
         try saveState(state)
 
+        if datapath { mountCgroups(nodes: (1...count).map { "node\($0)" }) }
         for n in 1...count {
             let node = "node\(n)"
             try attachNode(n, router: router)
@@ -280,7 +281,8 @@ public struct Lab: Sendable {
             argv: [Processes.binary("fathom-agent"), "--node", node, "--node-ip", LabAddresses.node(n).description,
                    "--etcd", "\(LabAddresses.underlayRouter):\(LabAddresses.etcdPort)", "--pod-cidr-index", "\(n)",
                    "--state-dir", dir + "/state", "--socket", paths.agentSocket(node), "--lab", name,
-                   "--pin-dir", paths.pinDirectory(node)] + (withDatapath ? [] : ["--no-datapath"]),
+                   "--pin-dir", paths.pinDirectory(node)] + (withDatapath ? [] : ["--no-datapath"])
+                + (withDatapath && hasCgroups(node: node) ? ["--socket-lb-cgroup", cgroup(node: node)] : []),
             log: dir + "/agent.log")
     }
 
@@ -324,6 +326,7 @@ public struct Lab: Sendable {
             do { try NetworkNamespace.delete(ns) } catch { log("delete netns \(ns): \(error)") }
         }
         removePins(paths.pinRoot)
+        unmountCgroups()
         try? FileManager.default.removeItem(atPath: paths.runDirectory)
         if netnsNames.isEmpty { log("lab \(name): nothing left to remove") } else { log("lab \(name) removed (\(netnsNames.count) namespaces, \(pids.count) processes)") }
     }

@@ -19,6 +19,8 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Uplink interface.") var uplink = "eth0"
     @Option(help: "Name of the lab this agent belongs to, if any (for logs).") var lab: String?
     @Option(help: "bpffs folder for this node's pinned maps and links.") var pinDir = "/sys/fs/bpf/fathom/node"
+    @Option(help: "cgroup v2 directory of this node's pods: services are translated at their sockets (never a hierarchy's root).")
+    var socketLbCgroup: String?
     @Flag(help: "Run the control plane without loading the eBPF datapath (kernel routing only).") var noDatapath = false
 
     func validate() throws {
@@ -34,6 +36,7 @@ struct AgentCommand: AsyncParsableCommand {
                                  stateDirectory: stateDir, socketPath: socket, etcdEndpoint: etcd)
         config.uplink = uplink
         config.pinDirectory = noDatapath ? nil : pinDir
+        config.socketLBCgroup = socketLbCgroup
         let store = try EtcdStore(endpoint: etcd, logger: log)
         let agent = try Agent(config: config, store: store, logger: log)
 
