@@ -146,7 +146,7 @@ check() { # path works
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  kernel: $(uname -r)  cpus: $(nproc)  rounds: $ROUNDS  ${SECS}s per sample" \
      " load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "binaries: fathom-agent built $(date -u -r "$repo/.build/debug/fathom-agent" '+%Y-%m-%d %H:%M:%S UTC') (debug build)"
-echo "server srv $SRV_IP:$PORT on node1; clients on node1: cli (direct), clisvc (eBPF ClusterIP $VIP), clipt (iptables $IPT_VIP)"
+echo "server srv $SRV_IP:$PORT on node1; clients on node1: cli (direct), clisvc (per packet) and clisock (socket, in the lab cgroup) to ClusterIP $VIP, clipt (iptables $IPT_VIP)"
 echo "setup $((SECONDS - setup_start)) s"
 : >"$tmp/results"
 have=0
