@@ -171,6 +171,7 @@ extension Agent {
         try installPodRoute(ep.ip, linkIndex: link.index)
         state.endpoints[j].ready = true
         try persist()
+        allowSocketLB(state.endpoints[j])
         return state.endpoints[j]
     }
 
@@ -186,6 +187,7 @@ extension Agent {
         // Programs and map entries, the link (its route goes with it), the address, the record.
         // Only our veth goes: a failed ADD may have met some other link of that name.
         let host = try netlink.link(named: ep.hostIfName).flatMap { $0.kind == "veth" ? $0 : nil }
+        disallowSocketLB(ep)
         await releaseDatapath(for: ep, hostIfindex: host?.index)
         if host != nil { _ = try netlink.deleteLinkIfExists(ep.hostIfName) }
         forget(ep)

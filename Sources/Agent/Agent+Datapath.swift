@@ -22,6 +22,7 @@ extension Agent {
         }
         try dp.attachUplink(ifindex: uplink.index)
         datapath = dp
+        startSocketLB()
         health["datapath"] = "ok"
     }
 
@@ -36,6 +37,7 @@ extension Agent {
         for ep in state.endpoints where ep.ready {
             guard let entry = try? endpointEntry(ep) else { continue }
             try datapath.attachEndpoint(entry)
+            allowSocketLB(ep)
         }
     }
 

@@ -4,6 +4,10 @@ import AgentAPI
 import ClusterStore
 import Datapath
 import Services
+import Netlink
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What the agent knows and has written about services on its node.
 struct ServiceState {
@@ -29,6 +33,8 @@ struct ServiceState {
     var appliedBackends: Set<UInt32> = []
     /// Maglev tables by backend names (services with the same backends share one).
     var maglevCache: [[String]: [Int]] = [:]
+    /// Network namespace cookies of the endpoints whose sockets are translated.
+    var socketLBCookies: [UInt32: UInt64] = [:]
 
     struct BackendKey: Hashable { var ip: IPv4Address; var port: UInt16; var proto: UInt8 }
     struct FrontendKey: Hashable { var address: IPv4Address?; var port: UInt16; var proto: UInt8 }
@@ -336,5 +342,42 @@ extension Agent {
              "\($0.source):\($0.sourcePort) -> \($0.destination):\($0.destinationPort)",
              $0.direction == .outgoing ? "source \($0.translated):\($0.translatedPort)" : "destination \($0.translated):\($0.translatedPort)"]
         }.sorted { $0.lexicographicallyPrecedes($1) })
+    }
+}
+
+/// Socket-level translation: the node's cgroup gets the socket hooks, and each local pod's
+/// network namespace is listed so that only its sockets are translated.
+extension Agent {
+    func startSocketLB() {
+        guard let datapath, let cgroup = config.socketLBCgroup else { return }
+        do {
+            try datapath.attachSocketLB(cgroupPath: cgroup, tag: "node")
+            health["socket-lb"] = "ok"
+        } catch {
+            health["socket-lb"] = "\(error)"
+            log.warning("socket-level service translation not attached; the per-packet path serves alone",
+                        metadata: ["cgroup": "\(cgroup)", "error": "\(error)"])
+        }
+    }
+
+    func allowSocketLB(_ ep: EndpointInfo) {
+        guard let datapath, config.socketLBCgroup != nil else { return }
+        do {
+            let cookie = try NetworkNamespace.run(inNamespaceAt: ep.netns) { () throws -> UInt64 in
+                let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+                guard fd >= 0 else { throw AgentError("socket in \(ep.netns): errno \(errno)") }
+                defer { close(fd) }
+                return try NodeDatapath.netnsCookie(ofSocket: fd)
+            }
+            try datapath.allowSocketLB(netnsCookie: cookie)
+            serviceState.socketLBCookies[ep.id] = cookie
+        } catch {
+            log.warning("socket-level service translation not enabled for an endpoint", metadata: ["endpoint.id": "\(ep.id)", "error": "\(error)"])
+        }
+    }
+
+    func disallowSocketLB(_ ep: EndpointInfo) {
+        guard let cookie = serviceState.socketLBCookies.removeValue(forKey: ep.id) else { return }
+        try? datapath?.disallowSocketLB(netnsCookie: cookie)
     }
 }

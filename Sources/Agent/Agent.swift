@@ -35,6 +35,8 @@ public struct AgentConfig: Sendable {
     /// Pod labels come from Kubernetes: an endpoint whose pod has not arrived from the API
     /// server yet gets the init identity and no traffic (Agent+Kubernetes.swift).
     public var kubernetesMode = false
+    /// cgroup v2 directory whose sockets get service translation at connect (Agent+Services).
+    public var socketLBCgroup: String?
 
     public init(nodeName: String, nodeAddress: IPv4Address, preferredCIDRIndex: Int?, stateDirectory: String,
                 socketPath: String, etcdEndpoint: String) {

@@ -12,4 +12,5 @@ enum EmbeddedObjects {
 
     static var lxc: [UInt8] { bytes(bpf_lxc) }
     static var host: [UInt8] { bytes(bpf_host) }
+    static var sock: [UInt8] { bytes(bpf_sock) }
 }

@@ -33,6 +33,8 @@ public final class NodeDatapath: @unchecked Sendable {
     let egress: EgressMaps
     /// Service load balancing and NAT maps (LoadBalancer.swift).
     let lb: LBMaps
+    /// Socket-level service translation (SocketLB.swift); nil where the kernel refused it.
+    let sock: SocketLBObjects?
 
     private var linkDirectory: String { config.pinDirectory + "/links" }
     private let subscribers = Mutex<[Int: AsyncStream<DatapathEvent>.Continuation]>([:])
@@ -62,6 +64,7 @@ public final class NodeDatapath: @unchecked Sendable {
         toNetdev = try host.program("fth_to_netdev")
         egress = try EgressMaps(host)
         lb = try LBMaps(lxc)
+        sock = try? SocketLBObjects(Self.load(name: "fth_sock", bytes: EmbeddedObjects.sock, config: config))
         try BPFFS.makeDirectory(linkDirectory)
     }
 

@@ -258,6 +258,8 @@ extension Lab {
         guard case .netns(let ns, _) = try resolve(from, state: s) else {
             throw LabError("FROM must be NS/NAME, a node name or external, not an address")
         }
+        // A pod's client joins its node's cgroup, where the socket hooks translate services.
+        if let pod = s.pod(from) { enterCgroup(node: pod.node) }
         let address: IPv4Address
         switch try resolve(to, state: s) {
         case .netns(_, let a): address = a

@@ -248,6 +248,7 @@ public struct Lab: Sendable {
         state.externalEchoPID = try startEcho(netns: NetworkNamespace.path(paths.externalNetns), serve: "tcp:80,udp:80", log: paths.runDirectory + "/external-echo.log")
         try saveState(state)
 
+        if datapath { mountCgroups(nodes: (1...count).map { "node\($0)" }) }
         for n in 1...count {
             let node = "node\(n)"
             try attachNode(n, router: router)
@@ -316,7 +317,8 @@ public struct Lab: Sendable {
                    "--hubble-socket", paths.hubbleSocket(node),
                    "--hubble-listen-address", "\(LabAddresses.node(n)):\(LabPaths.hubblePort)",
                    "--metrics-address", "\(LabAddresses.node(n)):\(LabPaths.metricsPort)"] + ring + (withDatapath ? [] : ["--no-datapath"])
-                + kubernetesAgentArguments(node, labState),
+                + kubernetesAgentArguments(node, labState)
+                + (withDatapath && hasCgroups(node: node) ? ["--socket-lb-cgroup", cgroup(node: node)] : []),
             log: dir + "/agent.log")
     }
 
@@ -360,6 +362,7 @@ public struct Lab: Sendable {
             do { try NetworkNamespace.delete(ns) } catch { log("delete netns \(ns): \(error)") }
         }
         removePins(paths.pinRoot)
+        unmountCgroups()
         try? FileManager.default.removeItem(atPath: paths.runDirectory)
         if netnsNames.isEmpty { log("lab \(name): nothing left to remove") } else { log("lab \(name) removed (\(netnsNames.count) namespaces, \(pids.count) processes)") }
     }

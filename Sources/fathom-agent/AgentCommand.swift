@@ -21,6 +21,8 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Uplink interface.") var uplink = "eth0"
     @Option(help: "Name of the lab this agent belongs to, if any (for logs).") var lab: String?
     @Option(help: "bpffs folder for this node's pinned maps and links.") var pinDir = "/sys/fs/bpf/fathom/node"
+    @Option(help: "cgroup v2 directory of this node's pods: services are translated at their sockets (never a hierarchy's root).")
+    var socketLbCgroup: String?
     @Flag(help: "Run the control plane without loading the eBPF datapath (kernel routing only).") var noDatapath = false
     @Option(help: "Unix socket of the Hubble Observer API (gRPC).") var hubbleSocket: String?
     @Option(help: "Also serve the Hubble Observer API on TCP, host:port (Hubble's port is 4244).") var hubbleListenAddress: String?
@@ -63,6 +65,7 @@ struct AgentCommand: AsyncParsableCommand {
         config.flowRingCapacity = hubbleRingCapacity
         config.nonMasqueradeCIDRs = nonMasqueradeCIDR.compactMap { IPv4Prefix($0) }
         config.kubernetesMode = kubeconfig != nil || k8sInCluster
+        config.socketLBCgroup = socketLbCgroup
         let store = try EtcdStore(endpoint: etcd, logger: log)
         let agent = try Agent(config: config, store: store, logger: log)
         let kubeClient = try KubernetesMode.config(kubeconfig: kubeconfig, inCluster: k8sInCluster)

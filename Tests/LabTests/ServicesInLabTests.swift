@@ -125,6 +125,41 @@ extension LabTests {
         #expect(try seen(t, "default/intruder", "default/web1", port: 8080, count: 1) == [nil], "as directly")
     }
 
+    @Test func podSocketsConnectStraightToTheBackend() throws {
+        let t = try TestLab(tag: "sock")
+        defer { t.down() }
+        try t.must(["lab", "pod", "add", "default/web", "--node", "node2", "--labels", "app=web", "--serve", "tcp:8080"])
+        try t.must(["lab", "pod", "add", "default/client", "--node", "node1"])
+        let web = try ip(t, "default/web"), client = try ip(t, "default/client")
+        try t.must(["apply", "-f", "-"], input: """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: sock}
+        spec:
+          clusterIP: 10.96.0.30
+          selector: {app: web}
+          ports: [{port: 80, targetPort: 8080}]
+        """)
+        #expect((try t.status("node1")["health"] as? [String: String])?["socket-lb"] == "ok")
+        func rows() throws -> [[String]] {
+            let out = try t.must(["bpf", "ct", "--node", "node1", "-o", "json"])
+            return (try JSONSerialization.jsonObject(with: Data(out.utf8)) as! [String: Any])["rows"] as! [[String]]
+        }
+        // `lab probe` from the pod runs in node1's cgroup: its socket is connected to the
+        // backend at connect(), so no packet carries the service address.
+        #expect(try seen(t, "default/client", "10.96.0.30", port: 80, count: 3) == [client, client, client])
+        var ct = try rows()
+        #expect(ct.contains { $0[1].hasPrefix(client + ":") && $0[2] == "\(web):8080" }, "\(ct)")
+        #expect(!ct.contains { $0[2].hasPrefix("10.96.0.30") }, "no per-packet translation: \(ct)")
+        // A process of the same pod outside the lab's cgroups (lab exec) is translated per
+        // packet instead, and gets there all the same.
+        let code = "import socket; s = socket.create_connection((\"10.96.0.30\", 80), timeout=2); print(s.recv(64).decode())"
+        let out = try t.run(["lab", "exec", "default/client", "--", "python3", "-c", code])
+        #expect(out.status == 0, "\(out.stdout)\(out.stderr)")
+        ct = try rows()
+        #expect(ct.contains { $0[1].hasPrefix(client + ":") && $0[2] == "10.96.0.30:80" }, "service entry of the per-packet path: \(ct)")
+    }
+
     @Test func backendsComeAndGoWhileAClientLoops() throws {
         let t = try TestLab(tag: "churn")
         defer { t.down() }
