@@ -14,15 +14,15 @@
 # and server pinned to CPU 0 (mean us). CRR: connect, 1-byte request/response, close
 # (conn/s), each sample on its own server port (a port range per destination is what the
 # allocator hands out). Rounds alternate the three paths, the order rotating.
-# Concurrency: cli opens connections to one port of 203.0.113.5 and keeps them open until
-# one fails; each needs a translated port of node2's address for that destination.
+# Concurrency: three pods open connections to two ports of 203.0.113.5 and keep them open
+# until one fails (MAX_CONNS in all); each needs a translated port of node2's address.
 #
-# Usage: sudo bench/egress.sh     Environment: ROUNDS (5), SECS (2), CRR_SECS (0.5), MAX_CONNS (6000)
+# Usage: sudo bench/egress.sh     Environment: ROUNDS (5), SECS (2), CRR_SECS (0.5), MAX_CONNS (30000)
 set -euo pipefail
 ROUNDS=${ROUNDS:-5}
 SECS=${SECS:-2}
 CRR_SECS=${CRR_SECS:-0.5}
-MAX_CONNS=${MAX_CONNS:-6000}
+MAX_CONNS=${MAX_CONNS:-30000}
 LAB=beg
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
@@ -82,16 +82,24 @@ paths=(plain masq gateway)
 for r in $(seq "$ROUNDS"); do
   for k in 0 1 2; do
     p=${paths[$(( (k + r) % 3 ))]}
-    rr="$(nsenter --net="${SRC[$p]}" timeout 30 taskset -c 0 "$tmp/rr" rr "${DST[$p]}" 7000 "$SECS" | awk '{print $1}')"
-    crr="$(nsenter --net="${SRC[$p]}" timeout 30 taskset -c 0 "$tmp/rr" crr "${DST[$p]}" "$port" "$CRR_SECS" | awk '{print $1}')"
+    # a sample that fails (a connection refused or timed out) is recorded as 0
+    rr="$(nsenter --net="${SRC[$p]}" timeout 30 taskset -c 0 "$tmp/rr" rr "${DST[$p]}" 7000 "$SECS" | awk '{print $1}')" || rr=0
+    crr="$(nsenter --net="${SRC[$p]}" timeout 30 taskset -c 0 "$tmp/rr" crr "${DST[$p]}" "$port" "$CRR_SECS" | awk '{print $1}')" || crr=0
     port=$((port + 1))
     echo "$p $r $rr $crr" >>"$tmp/results"
   done
 done
 
-# concurrency: hold connections open until one cannot be made
-nsenter --net=$EXT python3 - 7999 >/dev/null 2>&1 <<'PY' &
-import asyncio, sys
+# concurrency: three pods on node2 open connections to two server ports of the external
+# host and keep them open (one process holds at most 19,000 sockets here) until one
+# cannot be made; every one needs a translated port of node2's address.
+"$FATHOM" lab pod add default/cli2 --lab "$LAB" --node node2 --labels app=cli >/dev/null
+"$FATHOM" lab pod add default/cli3 --lab "$LAB" --node node2 --labels app=cli >/dev/null
+"$FATHOM" lab status --lab "$LAB" -o json >"$tmp/s.json"
+for port in 7998 7999; do
+nsenter --net=$EXT python3 - $port >/dev/null 2>&1 <<'PY' &
+import asyncio, sys, resource
+resource.setrlimit(resource.RLIMIT_NOFILE, (19500, 19500))
 held = []
 async def on(r, w): held.append(w)
 async def main():
@@ -100,22 +108,31 @@ async def main():
 asyncio.run(main())
 PY
 PIDS+=($!)
+done
 sleep 1
-conc="$(nsenter --net="$CLI" python3 - "$MAX_CONNS" <<'PY'
-import socket, sys, resource
-resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+per_pod=$(( (MAX_CONNS + 2) / 3 ))
+for pod in cli cli2 cli3; do
+nsenter --net="$(ns $pod)" python3 - "$per_pod" >"$tmp/conc.$pod" <<'PY' &
+import socket, sys, resource, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (19500, 19500))
 held, n = [], int(sys.argv[1])
 for i in range(n):
     try:
-        held.append(socket.create_connection(('203.0.113.5', 7999), timeout=2))
+        held.append(socket.create_connection(('203.0.113.5', 7998 + i % 2), timeout=3))
     except OSError as e:
-        print(i, "failed:", e); break
+        print(i, "failed:", e); sys.stdout.flush(); break
 else:
-    print(n, "all held")
+    print(n, "held")
+sys.stdout.flush()
+time.sleep(15)
 PY
-)"
-drops="$("$FATHOM" bpf counters --lab "$LAB" --node node2 | awk '/167/ {print $3}')"
-echo "conc $conc | drops167 ${drops:-0}" >>"$tmp/results"
+PIDS+=($!)
+done
+for _ in $(seq 600); do [ "$(cat "$tmp"/conc.* 2>/dev/null | wc -l)" -ge 3 ] && break; sleep 1; done
+held_total=$(cat "$tmp"/conc.* | awk '{s += $1} END {print s}')
+nat_pairs=$(( $("$FATHOM" bpf nat --lab "$LAB" --node node2 | wc -l) / 2 ))
+drops="$("$FATHOM" bpf counters --lab "$LAB" --node node2 | awk '/^167/ {print $(NF-1)}')"
+echo "conc $held_total connections held open at once by 3 pods ($(cat "$tmp"/conc.* | tr '\n' ';')), $nat_pairs NAT pairs on node2; packets dropped with 167 (no port): ${drops:-0}" >>"$tmp/results"
 
 python3 - "$tmp/results" "$SECS" "$CRR_SECS" <<'PY'
 import sys, statistics as st
@@ -124,14 +141,15 @@ res = {}
 for r in rows:
     if r[0] in ("plain", "masq", "gateway"):
         res.setdefault(r[0], {"rr": [], "crr": []})
-        res[r[0]]["rr"].append(float(r[2])); res[r[0]]["crr"].append(float(r[3]))
-print(f"bench/egress.sh: {len(res['plain']['rr'])} rounds, RR {sys.argv[2]} s, CRR {sys.argv[3]} s per sample, pinned to CPU 0")
+        res[r[0]]["rr"].append(float(r[2] or 0)); res[r[0]]["crr"].append(float(r[3] if len(r) > 3 else 0))
+failed = sum(1 for p in res.values() for x in p["rr"] + p["crr"] if x == 0)
+print(f"bench/egress.sh: {len(res['plain']['rr'])} rounds ({failed} failed samples, counted as 0), RR {sys.argv[2]} s, CRR {sys.argv[3]} s per sample, pinned to CPU 0")
 base_rr, base_crr = st.median(res["plain"]["rr"]), st.median(res["plain"]["crr"])
 for p in ("plain", "masq", "gateway"):
     rr, crr = res[p]["rr"], res[p]["crr"]
     print(f"  {p:8} RR {st.median(rr):8.2f} us (min {min(rr):.2f}, max {max(rr):.2f})  ratio {st.median(rr) / base_rr:.2f}x   "
           f"CRR {st.median(crr):7.0f} conn/s (min {min(crr):.0f}, max {max(crr):.0f})  ratio {st.median(crr) / base_crr:.2f}x")
 conc = [r for r in rows if r[0] == "conc"][0]
-print("  concurrent translated connections from node2 to one destination port: " + " ".join(conc[1:]))
+print("  concurrent translated connections: " + " ".join(conc[1:]))
 print("  (RR ratio > 1 is slower than plain routing; CRR ratio < 1 is slower)")
 PY

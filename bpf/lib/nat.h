@@ -1,22 +1,27 @@
 /* The one translation engine: rewriting addresses and ports with their checksums,
  * and source NAT with one port allocator. NodePort uses it to send a packet to a
  * backend on another node from the node's own address; masquerade and the egress
- * gateway are to use the same map and allocator.
+ * gateway (lib/egress.h) use the same map and allocator.
  *
  * A source-NATed connection has two entries in fth_nat4_v1: the outgoing tuple
  * (after any DNAT) -> the address and port it leaves with, and the tuple of its
  * replies -> the original source (and the service frontend to put back as the
- * replies' source, for NodePort). Ports come from FTH_NAT_PORT_MIN..MAX, outside
- * Linux's ephemeral range (32768-60999) so that they never meet the node's own
- * sockets; an allocation takes a random port and retries on a taken reply tuple.
- * Entries are LRU: a full map evicts the least recently used connections.
+ * replies' source, for NodePort). Ports come from FTH_NAT_PORT_MIN..MAX: below the
+ * node-port range (30000-32767) and Linux's ephemeral range (32768-60999), so a reply
+ * tuple never meets a node port or one of the node's own client sockets (a server
+ * listening in that range is not at risk: it does not connect out from its listening
+ * port). 28,976 ports per destination address and port; an allocation takes a random
+ * port and retries on a taken reply tuple; the port of a connection that closed and
+ * stayed quiet for FTH_NAT_REUSE_AFTER seconds is free again (as a TIME_WAIT socket's).
+ * Entries are LRU: a full map evicts the least recently used connections; the agent
+ * frees idle pairs.
  */
 #pragma once
 #include "common.h"
 #include "conntrack.h"
 
-#define FTH_NAT_PORT_MIN 61000
-#define FTH_NAT_PORT_MAX 65535
+#define FTH_NAT_PORT_MIN 1024
+#define FTH_NAT_PORT_MAX 29999
 #define FTH_NAT_RETRIES  32
 #define FTH_NAT_REUSE_AFTER 2   /* seconds a closed connection keeps its port */
 
@@ -59,7 +64,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct nat_key);
 	__type(value, struct nat_entry);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 131072);    /* 65,536 connections */
 } fth_nat4_v1 SEC(".maps");
 
 #define FTH_IP_SADDR_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
