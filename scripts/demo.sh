@@ -42,6 +42,39 @@ flow "pod-to-node (pod-a -> node1, tcp/80)"                      default/pod-a n
 flow "pod-to-node (pod-a -> node2, tcp/80)"                      default/pod-a node2 --port 80
 flow "node-to-node (node1 -> node2, tcp/80)"                     node1 node2 --port 80
 flow "node-to-pod (node2 -> pod-a, tcp/80)"                      node2 default/pod-a --port 80
+
+# External to pod: NodePort 30000 -> DNAT -> pod-a (eBPF on each node's uplink).
+$fathom apply --lab "$lab" -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Service
+metadata: {name: pod-a, namespace: default}
+spec:
+  type: NodePort
+  selector: {app: a}
+  ports: [{port: 80, targetPort: 80, nodePort: 30000}]
+YAML
+flow "external-to-pod (203.0.113.5 -> node1:30000 -> pod-a)"     external 192.168.101.101 --port 30000
+flow "external-to-pod (203.0.113.5 -> node2:30000 -> pod-a)"     external 192.168.101.102 --port 30000
+# Pod to external: masquerade to the node's address, then the seed's egress gateway.
+flow "pod-to-external, masquerade (pod-b -> 203.0.113.5)"        default/pod-b external --port 80
+$fathom lab node label node1 egress.fathom.io/gateway=true --lab "$lab" >/dev/null
+$fathom apply --lab "$lab" -f - >/dev/null <<'YAML'
+apiVersion: "cilium.io/v2"
+kind: CiliumNetworkPolicy
+metadata: {name: egress-snat-policy, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: b}}
+  egress:
+  - toCIDR: ["0.0.0.0/0"]
+    egressGateway: [{ip: "192.168.101.100"}]
+YAML
+flow "pod-to-external, egress gateway (pod-b -> 203.0.113.5)"    default/pod-b external --port 80
+echo
+echo "The egress policy selects pod-b, so its egress is default-deny except to the world (toCIDR selects"
+echo "addresses outside the cluster): pod-b -> pod-a is now dropped, and fathom observe says why"
+echo "(the last drops of every node, merged by time):"
+$fathom lab probe default/pod-b default/pod-a --port 80 --lab "$lab" >/dev/null 2>&1 || true
+$fathom observe --lab "$lab" --verdict DROPPED --last 3 --print-policy-names | sed 's/^/    /'
 echo
 $fathom status --lab "$lab" --node node1
 echo
