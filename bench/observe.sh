@@ -19,7 +19,8 @@
 #   memory        agent RSS with a full ring                  vs the same agent before the flood
 #
 # Usage: sudo bench/observe.sh        (uses the build in .build/debug; BUILD=release for
-#                                      .build/release, after `swift build -c release`)
+#                                      .build/release, after `swift build -c release`;
+#                                      BIN_DIR=DIR for binaries elsewhere)
 # Environment: FLOOD_SECS (3), SERVE_SECS (3), ROUNDS (3)
 set -euo pipefail
 
@@ -31,7 +32,7 @@ FLOOD_PORT=9999
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
-BIN="$repo/.build/$BUILD"
+BIN="${BIN_DIR:-$repo/.build/$BUILD}"
 FATHOM="$BIN/fathom"
 
 [ "$(id -u)" -eq 0 ] || { echo "run as root: sudo bench/observe.sh" >&2; exit 1; }
