@@ -39,7 +39,7 @@ public enum PolicyManifest {
 }
 
 /// The parsing itself; every error goes through `fail` so it names its field.
-struct ManifestReader {
+struct ManifestReader: ManifestFieldReader {
     let file: String
     let document: Int
 
@@ -481,63 +481,4 @@ struct ManifestReader {
     // MARK: generic access
 
     /// A mapping, nil when absent (or `null`, or, with emptyIsNil, empty).
-    func mapping(_ any: Any?, _ f: String, emptyIsNil: Bool = false) throws -> [String: Any]? {
-        guard let any, !(any is NSNull) else { return nil }
-        if let m = any as? [String: Any] { return emptyIsNil && m.isEmpty ? nil : m }
-        if let m = any as? [AnyHashable: Any] {
-            var out: [String: Any] = [:]
-            for (k, v) in m {
-                guard let s = k.base as? String else { throw fail(f, "keys must be strings, not \(k)") }
-                out[s] = v
-            }
-            return out
-        }
-        throw fail(f, "must be a mapping")
-    }
-
-    func list(_ any: Any?, _ f: String) throws -> [Any]? {
-        guard let any, !(any is NSNull) else { return nil }
-        guard let l = any as? [Any] else { throw fail(f, "must be a list") }
-        return l
-    }
-
-    func checkKeys(_ m: [String: Any], _ f: String, allowed: [String]) throws {
-        for key in m.keys.sorted() where !allowed.contains(key) {
-            let field = f.isEmpty ? key : "\(f).\(key)"
-            let hint = closest(key, allowed).map { "did you mean \($0)? " } ?? ""
-            throw fail(field, "is not a field here; \(hint)allowed: \(allowed.joined(separator: ", "))")
-        }
-    }
-
-    /// The candidate within edit distance 2 (case-insensitive), if one is.
-    func closest(_ word: String, _ candidates: [String]) -> String? {
-        func distance(_ a: [Character], _ b: [Character]) -> Int {
-            var row = Array(0...b.count)
-            for i in 1...max(a.count, 1) where !a.isEmpty {
-                var prev = row[0]
-                row[0] = i
-                for j in stride(from: 1, through: b.count, by: 1) {
-                    let cur = row[j]
-                    row[j] = min(row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] == b[j - 1] ? 0 : 1))
-                    prev = cur
-                }
-            }
-            return a.isEmpty ? b.count : row[b.count]
-        }
-        let w = Array(word.lowercased())
-        return candidates.map { ($0, distance(w, Array($0.lowercased()))) }.filter { $0.1 <= 2 }
-            .min { $0.1 < $1.1 }?.0
-    }
-
-    func isDNSLabel(_ s: String) -> Bool {
-        (1...63).contains(s.count) && s.allSatisfy { $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-") }
-            && s.first != "-" && s.last != "-"
-    }
-
-    /// IANA service name: 1-15 lowercase letters, digits and '-', at least one letter, no
-    /// leading, trailing or double '-'.
-    func isPortName(_ s: String) -> Bool {
-        (1...15).contains(s.count) && s.allSatisfy { $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-") }
-            && s.contains(where: \.isLetter) && s.first != "-" && s.last != "-" && !s.contains("--")
-    }
 }

@@ -51,7 +51,7 @@ public enum ServiceManifest {
     }
 }
 
-struct ServiceReader {
+struct ServiceReader: ManifestFieldReader {
     let file: String
     let document: Int
 
@@ -324,64 +324,5 @@ struct ServiceReader {
             endpoints.append(.init(addresses: addresses, ready: ready, serving: serving, terminating: terminating, nodeName: node))
         }
         return EndpointSliceRecord(namespace: namespace, name: name, serviceName: service, ports: ports, endpoints: endpoints)
-    }
-
-    // MARK: generic access
-
-    func mapping(_ any: Any?, _ f: String) throws -> [String: Any]? {
-        guard let any, !(any is NSNull) else { return nil }
-        if let m = any as? [String: Any] { return m }
-        if let m = any as? [AnyHashable: Any] {
-            var out: [String: Any] = [:]
-            for (k, v) in m {
-                guard let s = k.base as? String else { throw fail(f, "keys must be strings, not \(k)") }
-                out[s] = v
-            }
-            return out
-        }
-        throw fail(f, "must be a mapping")
-    }
-
-    func list(_ any: Any?, _ f: String) throws -> [Any]? {
-        guard let any, !(any is NSNull) else { return nil }
-        guard let l = any as? [Any] else { throw fail(f, "must be a list") }
-        return l
-    }
-
-    func checkKeys(_ m: [String: Any], _ f: String, allowed: [String]) throws {
-        for key in m.keys.sorted() where !allowed.contains(key) {
-            let field = f.isEmpty ? key : "\(f).\(key)"
-            let hint = closest(key, allowed).map { "did you mean \($0)? " } ?? ""
-            throw fail(field, "is not a field here; \(hint)allowed: \(allowed.joined(separator: ", "))")
-        }
-    }
-
-    func closest(_ word: String, _ candidates: [String]) -> String? {
-        func distance(_ a: [Character], _ b: [Character]) -> Int {
-            if a.isEmpty { return b.count }
-            var row = Array(0...b.count)
-            for i in 1...a.count {
-                var prev = row[0]
-                row[0] = i
-                for j in stride(from: 1, through: b.count, by: 1) {
-                    let cur = row[j]
-                    row[j] = min(row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] == b[j - 1] ? 0 : 1))
-                    prev = cur
-                }
-            }
-            return row[b.count]
-        }
-        let w = Array(word.lowercased())
-        return candidates.map { ($0, distance(w, Array($0.lowercased()))) }.filter { $0.1 <= 2 }.min { $0.1 < $1.1 }?.0
-    }
-
-    func isDNSLabel(_ s: String) -> Bool {
-        (1...63).contains(s.count) && s.allSatisfy { $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-") }
-            && s.first != "-" && s.last != "-"
-    }
-
-    func isPortName(_ s: String) -> Bool {
-        (1...15).contains(s.count) && s.allSatisfy { $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-") }
-            && s.contains(where: \.isLetter) && s.first != "-" && s.last != "-" && !s.contains("--")
     }
 }
