@@ -180,7 +180,7 @@ package.targets.append(contentsOf: [
     .target(
         name: "K8s",
         dependencies: [
-            "Model", "ClusterStore", "Policy",
+            "Model", "ClusterStore", "Policy", "Services",
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -202,7 +202,7 @@ package.targets.append(contentsOf: [
     .testTarget(
         name: "K8sTests",
         dependencies: [
-            "K8s", "FakeKubeAPI", "ClusterStore", "Model", "Policy",
+            "K8s", "FakeKubeAPI", "ClusterStore", "Model", "Policy", "Services",
             .product(name: "Yams", package: "Yams"),
         ],
         swiftSettings: swift6),

@@ -17,14 +17,21 @@
 //   in `problems`.
 // - Nodes: labels only, onto node records that exist. The record itself (address, pod
 //   CIDR) belongs to the node's agent and its IPAM.
-// Not mirrored yet: Services, EndpointSlices and CiliumEgressGatewayPolicy (the store has
-// no keys for them in this branch).
+// - Services -> /fathom/services/<ns>/<name> through `ServiceStore`, the path the agent
+//   takes for `fathom apply`: the same parser, the same cluster IP and node port
+//   allocation in store transactions (a spec.clusterIP the API server set is kept, as an
+//   explicit one from a manifest is). Deleting a Service frees its claims.
+// - EndpointSlices -> /fathom/endpointslices/<ns>/<name> (EndpointSliceRecord).
+// - CiliumEgressGatewayPolicy -> /fathom/egressgateways/<name> (EgressGatewayPolicy).
+// Like policies, a Service, slice or egress policy Fathom cannot parse or allocate keeps
+// its last good version in the store and is reported in `problems`.
 
 import ClusterStore
 import Foundation
 import Logging
 import Model
 import Policy
+import Services
 import Synchronization
 
 public struct K8sSource: Sendable {
@@ -58,6 +65,9 @@ public struct K8sSource: Sendable {
                 resource: .ciliumClusterwideNetworkPolicies, prefix: StoreKeys.policies + "CiliumClusterwideNetworkPolicy/",
                 kind: .policy),
             Mirror(resource: .nodes, prefix: StoreKeys.nodes, kind: .nodeLabels),
+            Mirror(resource: .services, prefix: StoreKeys.services, kind: .service),
+            Mirror(resource: .endpointSlices, prefix: StoreKeys.endpointSlices, kind: .endpointSlice),
+            Mirror(resource: .ciliumEgressGatewayPolicies, prefix: StoreKeys.egressGateways, kind: .egressGateway),
         ]
     }
 
@@ -115,8 +125,14 @@ public struct K8sSource: Sendable {
         guard mirror.kind != .nodeLabels else { return }
         let (existing, _) = try await store.list(prefix: mirror.prefix)
         for kv in existing where !wanted.contains(kv.key) && owned(mirror, kv) {
-            if mirror.kind == .policy, problemList.hasProblem(forKey: kv.key) { continue }
-            try await store.delete(kv.key)
+            if mirror.kind != .pod, problemList.hasProblem(forKey: kv.key) { continue }
+            if mirror.kind == .service {
+                // Through ServiceStore, so the cluster IP and node ports are freed too.
+                let record = try JSONDecoder().decode(ServiceRecord.self, from: Data(kv.value))
+                try await ServiceStore(store: store).delete(namespace: record.namespace, name: record.name)
+            } else {
+                try await store.delete(kv.key)
+            }
         }
     }
 
@@ -163,6 +179,28 @@ public struct K8sSource: Sendable {
                     "policy not applied; its last good version stays", metadata: ["k8s.object": "\(label)", "error": "\(error)"])
                 return key
             }
+        case .service:
+            let key = StoreKeys.service(object.namespace ?? "default", object.name)
+            return try await keepingLastGood(object, key: key) {
+                guard case .service(let wanted) = try Self.serviceObject(object) else { return }
+                // Unchanged (allocations as stored): no write, so a re-list or a status
+                // update does not rewrite every service.
+                if let kv = try await store.get(key),
+                   let existing = try? JSONDecoder().decode(ServiceRecord.self, from: Data(kv.value)),
+                   Self.sameService(wanted, existing) { return }
+                _ = try await ServiceStore(store: store).apply(wanted)
+            }
+        case .endpointSlice:
+            let key = StoreKeys.endpointSlice(object.namespace ?? "default", object.name)
+            return try await keepingLastGood(object, key: key) {
+                guard case .endpointSlice(let slice) = try Self.serviceObject(object) else { return }
+                try await putIfChanged(slice.storeKey, try Self.encode(slice))
+            }
+        case .egressGateway:
+            let key = StoreKeys.egressGateway(object.name)
+            return try await keepingLastGood(object, key: key) {
+                try await putIfChanged(key, try Self.encode(try Self.egressGatewayPolicy(object)))
+            }
         case .nodeLabels:
             let key = StoreKeys.node(object.name)
             try await compareAndSwap(key) { existing in
@@ -185,9 +223,40 @@ public struct K8sSource: Sendable {
         case .policy:
             problemList.clear("\(object.kind) \(object.key)")
             try await store.delete(StoreKeys.policy(kind: object.kind, namespace: object.namespace, name: object.name))
+        case .service:
+            problemList.clear("\(object.kind) \(object.key)")
+            try await ServiceStore(store: store).delete(namespace: object.namespace ?? "default", name: object.name)
+        case .endpointSlice:
+            problemList.clear("\(object.kind) \(object.key)")
+            try await store.delete(StoreKeys.endpointSlice(object.namespace ?? "default", object.name))
+        case .egressGateway:
+            problemList.clear("\(object.kind) \(object.key)")
+            try await store.delete(StoreKeys.egressGateway(object.name))
         case .nodeLabels:
             break  // the node's record goes with its agent's heartbeat, not with the Node object
         }
+    }
+
+    /// Runs `write`; an object that does not parse or cannot be allocated is reported in
+    /// `problems` and its last good version stays in the store under `key`.
+    private func keepingLastGood(_ object: KubeObject, key: String, _ write: () async throws -> Void) async throws -> String {
+        let label = "\(object.kind) \(object.key)"
+        do {
+            try await write()
+            problemList.clear(label)
+        } catch let error as ServiceParseError {
+            reject(label, key: key, "\(error.field): \(error.reason)")
+        } catch let error as PolicyParseError {
+            reject(label, key: key, "\(error.field): \(error.reason)")
+        } catch let error as ServiceAllocationError {
+            reject(label, key: key, error.description)
+        }
+        return key
+    }
+
+    private func reject(_ label: String, key: String, _ reason: String) {
+        problemList.record(label, key: key, reason)
+        logger.warning("object not applied; its last good version stays", metadata: ["k8s.object": "\(label)", "error": "\(reason)"])
     }
 
     private func putIfChanged(_ key: String, _ value: [UInt8]) async throws {
@@ -239,6 +308,33 @@ public struct K8sSource: Sendable {
         return try PolicyManifest.parse(doc, file: "k8s \(object.kind) \(object.key)", document: 1)
     }
 
+    /// Parses a Service or EndpointSlice with the Services module's parser, as `fathom apply`.
+    public static func serviceObject(_ object: KubeObject) throws -> ServiceObject {
+        guard let doc = object.json.anyValue as? [String: Any] else {
+            throw ServiceParseError(file: "k8s", document: 1, field: "(object)", reason: "not an object")
+        }
+        return try ServiceManifest.parse(doc, file: "k8s \(object.kind) \(object.key)", document: 1)
+    }
+
+    /// Parses a CiliumEgressGatewayPolicy as `fathom apply` does.
+    public static func egressGatewayPolicy(_ object: KubeObject) throws -> EgressGatewayPolicy {
+        guard let doc = object.json.anyValue as? [String: Any] else {
+            throw PolicyParseError(file: "k8s", document: 1, field: "(object)", reason: "not an object")
+        }
+        return try EgressGatewayPolicy.parse(doc, file: "k8s \(object.kind) \(object.key)", document: 1)
+    }
+
+    /// Whether storing `wanted` would leave `existing` as it is: what the manifest leaves
+    /// out (cluster IP, node ports) is the stored allocation.
+    static func sameService(_ wanted: ServiceRecord, _ existing: ServiceRecord) -> Bool {
+        var merged = wanted
+        if merged.clusterIP == nil { merged.clusterIP = existing.clusterIP }
+        for i in merged.ports.indices where merged.ports[i].nodePort == nil && merged.type == .nodePort {
+            merged.ports[i].nodePort = existing.ports.first { $0.name == merged.ports[i].name && $0.proto == merged.ports[i].proto }?.nodePort
+        }
+        return merged == existing
+    }
+
     static func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
         Array(try JSONEncoder().encode(value))
     }
@@ -246,7 +342,7 @@ public struct K8sSource: Sendable {
 
 /// A resource mirrored into one store prefix.
 struct Mirror: Sendable {
-    enum Kind: Sendable { case namespace, pod, policy, nodeLabels }
+    enum Kind: Sendable { case namespace, pod, policy, nodeLabels, service, endpointSlice, egressGateway }
     var resource: Resource
     var prefix: String
     var kind: Kind
