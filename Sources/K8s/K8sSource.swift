@@ -38,16 +38,20 @@ public struct K8sSource: Sendable {
     public let client: KubeClient
     public let store: any KVStore
     public let options: InformerOptions
+    /// Where each informer's checkpoint is kept between runs (the agent's state
+    /// directory); nil: every run lists everything.
+    public let checkpoints: CheckpointFiles?
     private let logger: Logger
     private let problemList = ProblemList()
 
     public init(
         client: KubeClient, store: any KVStore, options: InformerOptions = .init(),
-        logger: Logger = Logger(label: "fathom.k8s.source")
+        checkpoints: CheckpointFiles? = nil, logger: Logger = Logger(label: "fathom.k8s.source")
     ) {
         self.client = client
         self.store = store
         self.options = options
+        self.checkpoints = checkpoints
         self.logger = logger
     }
 
@@ -85,11 +89,21 @@ public struct K8sSource: Sendable {
         var logger = logger
         logger[metadataKey: "k8s.resource"] = "\(mirror.resource)"
         let informer = Informer(client: client, resource: mirror.resource, options: options, logger: logger)
+        // Resuming: the checkpoint is what the store already holds (its version is the
+        // store's progress marker, so this source wrote everything up to it): the watch
+        // starts there, with no list and no rewrite of the store.
+        var resuming = await resumableCheckpoint(mirror)
+        if let resuming { logger.info("resuming the watch", metadata: ["k8s.resource_version": "\(resuming.resourceVersion)"]) }
+        var lastSave = ContinuousClock.now
+        defer { saveCheckpoint(mirror, informer.cache) }
         do {
-            for try await update in informer.stream() {
+            for try await update in informer.stream(resumingFrom: resuming) {
                 do {
                     let version: String
                     switch update {
+                    case .snapshot(_, let rv) where resuming != nil:
+                        resuming = nil
+                        version = rv
                     case .snapshot(let objects, let rv):
                         try await sync(mirror, objects)
                         version = rv
@@ -104,12 +118,36 @@ public struct K8sSource: Sendable {
                     }
                     // Everything of this resource up to `version` is in the store (SourceLeader.swift).
                     try await store.put(K8sSyncMarkers.key(mirror.resource), Array(version.utf8), lease: 0)
+                    // At most once a second (a checkpoint holds every object), and at the end.
+                    if ContinuousClock.now - lastSave >= .seconds(1) {
+                        saveCheckpoint(mirror, informer.cache)
+                        lastSave = ContinuousClock.now
+                    }
                 } catch {
                     logger.warning("mirroring into the store failed", metadata: ["error": "\(error)"])
                 }
             }
         } catch {
             logger.error("informer ended", metadata: ["error": "\(error)"])
+        }
+    }
+
+    // MARK: Checkpoints
+
+    /// The saved checkpoint of the mirror, when the store's progress marker is at exactly
+    /// its version. Any other case (another agent mirrored since, the agent stopped between
+    /// a store write and its checkpoint, no file) lists everything as at a first start.
+    func resumableCheckpoint(_ mirror: Mirror) async -> InformerCheckpoint? {
+        guard let checkpoints, let checkpoint = checkpoints.load(mirror.resource) else { return nil }
+        guard let marker = try? await store.get(K8sSyncMarkers.key(mirror.resource)),
+              String(decoding: marker.value, as: UTF8.self) == checkpoint.resourceVersion else { return nil }
+        return checkpoint
+    }
+
+    private func saveCheckpoint(_ mirror: Mirror, _ cache: InformerCache) {
+        guard let checkpoints, let checkpoint = cache.checkpoint() else { return }
+        do { try checkpoints.save(mirror.resource, checkpoint) } catch {
+            logger.warning("could not save the informer checkpoint", metadata: ["k8s.resource": "\(mirror.resource)", "error": "\(error)"])
         }
     }
 
@@ -363,4 +401,24 @@ final class ProblemList: Sendable {
     func record(_ label: String, key: String, _ reason: String) { entries.withLock { $0[label] = (key, reason) } }
     func clear(_ label: String) { _ = entries.withLock { $0.removeValue(forKey: label) } }
     func hasProblem(forKey key: String) -> Bool { entries.withLock { $0.values.contains { $0.key == key } } }
+}
+
+/// Informer checkpoints as JSON files in one directory (`<plural>.json`), each replaced
+/// atomically.
+public struct CheckpointFiles: Sendable {
+    public let directory: String
+
+    public init(directory: String) { self.directory = directory }
+
+    func path(_ resource: Resource) -> String { directory + "/" + resource.plural + ".json" }
+
+    public func load(_ resource: Resource) -> InformerCheckpoint? {
+        guard let data = FileManager.default.contents(atPath: path(resource)) else { return nil }
+        return try? JSONDecoder().decode(InformerCheckpoint.self, from: data)
+    }
+
+    public func save(_ resource: Resource, _ checkpoint: InformerCheckpoint) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try JSONEncoder().encode(checkpoint).write(to: URL(fileURLWithPath: path(resource)), options: .atomic)
+    }
 }
