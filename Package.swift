@@ -139,6 +139,7 @@ let package = Package(
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             ],
             path: "bench/ObserveBench", swiftSettings: swift6),
+        .executableTarget(name: "k8s-bench", dependencies: ["K8s", "ClusterStore", "Model"], path: "bench/K8sBench", swiftSettings: swift6),
         .executableTarget(name: "policy-bench", dependencies: ["Policy", "Identity", "Model", "AgentAPI"], path: "bench/PolicyBench", swiftSettings: swift6),
         // ---- Tests ---------------------------------------------------------------------
         .testTarget(name: "IPAMTests", dependencies: ["IPAM"], swiftSettings: swift6),

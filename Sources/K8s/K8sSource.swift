@@ -25,6 +25,12 @@
 // - CiliumEgressGatewayPolicy -> /fathom/egressgateways/<name> (EgressGatewayPolicy).
 // Like policies, a Service, slice or egress policy Fathom cannot parse or allocate keeps
 // its last good version in the store and is reported in `problems`.
+//
+// Restarts: with `checkpoints`, each informer's cache is saved (at most once a second and
+// when the source stops) and a restarted source whose checkpoint matches the store's
+// progress marker resumes the watch there: no list, no rewrite of the store. An object
+// rejected before the restart is reported in `problems` again at its next change, not at
+// once (the resumed snapshot is not re-parsed).
 
 import ClusterStore
 import Foundation
