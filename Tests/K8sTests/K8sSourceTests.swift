@@ -207,12 +207,13 @@ import Yams
             _ = try await client.delete(.namespaces, name: "old")
 
             let second = Task { await K8sSource(client: client, store: store, options: InformerTests.fastOptions(), checkpoints: checkpoints).run() }
-            defer { second.cancel() }
             #expect(await eventually { await store.get(StoreKeys.pod("prod", "b")) != nil })
             #expect(await eventually { await store.get(StoreKeys.namespace("old")) == nil })
             #expect(await store.get(StoreKeys.pod("prod", "a")) != nil)
             #expect(Resource.watched.map { server.requests("LIST", $0.plural) } == listsBefore, "no resource was listed again")
             #expect(server.requests("WATCH", "pods") > podWatches)
+            second.cancel()
+            _ = await second.value  // its last checkpoint is saved before the folder is removed
         }
     }
 
@@ -228,9 +229,10 @@ import Yams
             try await store.put(K8sSyncMarkers.key(.pods), Array("999".utf8))
             _ = try await client.create(.pods, pod("default", "x"))
             let source = Task { await K8sSource(client: client, store: store, options: InformerTests.fastOptions(), checkpoints: checkpoints).run() }
-            defer { source.cancel() }
             #expect(await eventually { await store.get(StoreKeys.pod("default", "x")) != nil })
             #expect(server.requests("LIST", "pods") >= 1)
+            source.cancel()
+            _ = await source.value
         }
     }
 }

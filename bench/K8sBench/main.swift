@@ -101,6 +101,7 @@ func replayMirror() async throws -> Double {
     }
     let seconds = (ContinuousClock.now - start).seconds
     source.cancel()
+    _ = await source.value  // its last checkpoint is written before the folder goes
     let mirrored = await store.list(prefix: StoreKeys.pods).items.count
     guard mirrored == podCount else { fatalError("mirrored \(mirrored) of \(podCount) pods") }
     return Double(podCount) / seconds
