@@ -139,6 +139,7 @@ let package = Package(
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             ],
             path: "bench/ObserveBench", swiftSettings: swift6),
+        .executableTarget(name: "k8s-bench", dependencies: ["K8s", "ClusterStore", "Model"], path: "bench/K8sBench", swiftSettings: swift6),
         .executableTarget(name: "policy-bench", dependencies: ["Policy", "Identity", "Model", "AgentAPI"], path: "bench/PolicyBench", swiftSettings: swift6),
         // ---- Tests ---------------------------------------------------------------------
         .testTarget(name: "IPAMTests", dependencies: ["IPAM"], swiftSettings: swift6),
@@ -180,7 +181,7 @@ package.targets.append(contentsOf: [
     .target(
         name: "K8s",
         dependencies: [
-            "Model", "ClusterStore", "Policy",
+            "Model", "ClusterStore", "Policy", "Services",
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -202,7 +203,7 @@ package.targets.append(contentsOf: [
     .testTarget(
         name: "K8sTests",
         dependencies: [
-            "K8s", "FakeKubeAPI", "ClusterStore", "Model", "Policy",
+            "K8s", "FakeKubeAPI", "ClusterStore", "Model", "Policy", "Services",
             .product(name: "Yams", package: "Yams"),
         ],
         swiftSettings: swift6),

@@ -17,30 +17,47 @@
 //   in `problems`.
 // - Nodes: labels only, onto node records that exist. The record itself (address, pod
 //   CIDR) belongs to the node's agent and its IPAM.
-// Not mirrored yet: Services, EndpointSlices and CiliumEgressGatewayPolicy (the store has
-// no keys for them in this branch).
+// - Services -> /fathom/services/<ns>/<name> through `ServiceStore`, the path the agent
+//   takes for `fathom apply`: the same parser, the same cluster IP and node port
+//   allocation in store transactions (a spec.clusterIP the API server set is kept, as an
+//   explicit one from a manifest is). Deleting a Service frees its claims.
+// - EndpointSlices -> /fathom/endpointslices/<ns>/<name> (EndpointSliceRecord).
+// - CiliumEgressGatewayPolicy -> /fathom/egressgateways/<name> (EgressGatewayPolicy).
+// Like policies, a Service, slice or egress policy Fathom cannot parse or allocate keeps
+// its last good version in the store and is reported in `problems`.
+//
+// Restarts: with `checkpoints`, each informer's cache is saved (at most once a second and
+// when the source stops) and a restarted source whose checkpoint matches the store's
+// progress marker resumes the watch there: no list, no rewrite of the store. An object
+// rejected before the restart is reported in `problems` again at its next change, not at
+// once (the resumed snapshot is not re-parsed).
 
 import ClusterStore
 import Foundation
 import Logging
 import Model
 import Policy
+import Services
 import Synchronization
 
 public struct K8sSource: Sendable {
     public let client: KubeClient
     public let store: any KVStore
     public let options: InformerOptions
+    /// Where each informer's checkpoint is kept between runs (the agent's state
+    /// directory); nil: every run lists everything.
+    public let checkpoints: CheckpointFiles?
     private let logger: Logger
     private let problemList = ProblemList()
 
     public init(
         client: KubeClient, store: any KVStore, options: InformerOptions = .init(),
-        logger: Logger = Logger(label: "fathom.k8s.source")
+        checkpoints: CheckpointFiles? = nil, logger: Logger = Logger(label: "fathom.k8s.source")
     ) {
         self.client = client
         self.store = store
         self.options = options
+        self.checkpoints = checkpoints
         self.logger = logger
     }
 
@@ -58,6 +75,9 @@ public struct K8sSource: Sendable {
                 resource: .ciliumClusterwideNetworkPolicies, prefix: StoreKeys.policies + "CiliumClusterwideNetworkPolicy/",
                 kind: .policy),
             Mirror(resource: .nodes, prefix: StoreKeys.nodes, kind: .nodeLabels),
+            Mirror(resource: .services, prefix: StoreKeys.services, kind: .service),
+            Mirror(resource: .endpointSlices, prefix: StoreKeys.endpointSlices, kind: .endpointSlice),
+            Mirror(resource: .ciliumEgressGatewayPolicies, prefix: StoreKeys.egressGateways, kind: .egressGateway),
         ]
     }
 
@@ -75,11 +95,21 @@ public struct K8sSource: Sendable {
         var logger = logger
         logger[metadataKey: "k8s.resource"] = "\(mirror.resource)"
         let informer = Informer(client: client, resource: mirror.resource, options: options, logger: logger)
+        // Resuming: the checkpoint is what the store already holds (its version is the
+        // store's progress marker, so this source wrote everything up to it): the watch
+        // starts there, with no list and no rewrite of the store.
+        var resuming = await resumableCheckpoint(mirror)
+        if let resuming { logger.info("resuming the watch", metadata: ["k8s.resource_version": "\(resuming.resourceVersion)"]) }
+        var lastSave = ContinuousClock.now
+        defer { saveCheckpoint(mirror, informer.cache) }
         do {
-            for try await update in informer.stream() {
+            for try await update in informer.stream(resumingFrom: resuming) {
                 do {
                     let version: String
                     switch update {
+                    case .snapshot(_, let rv) where resuming != nil:
+                        resuming = nil
+                        version = rv
                     case .snapshot(let objects, let rv):
                         try await sync(mirror, objects)
                         version = rv
@@ -94,12 +124,36 @@ public struct K8sSource: Sendable {
                     }
                     // Everything of this resource up to `version` is in the store (SourceLeader.swift).
                     try await store.put(K8sSyncMarkers.key(mirror.resource), Array(version.utf8), lease: 0)
+                    // At most once a second (a checkpoint holds every object), and at the end.
+                    if ContinuousClock.now - lastSave >= .seconds(1) {
+                        saveCheckpoint(mirror, informer.cache)
+                        lastSave = ContinuousClock.now
+                    }
                 } catch {
                     logger.warning("mirroring into the store failed", metadata: ["error": "\(error)"])
                 }
             }
         } catch {
             logger.error("informer ended", metadata: ["error": "\(error)"])
+        }
+    }
+
+    // MARK: Checkpoints
+
+    /// The saved checkpoint of the mirror, when the store's progress marker is at exactly
+    /// its version. Any other case (another agent mirrored since, the agent stopped between
+    /// a store write and its checkpoint, no file) lists everything as at a first start.
+    func resumableCheckpoint(_ mirror: Mirror) async -> InformerCheckpoint? {
+        guard let checkpoints, let checkpoint = checkpoints.load(mirror.resource) else { return nil }
+        guard let marker = try? await store.get(K8sSyncMarkers.key(mirror.resource)),
+              String(decoding: marker.value, as: UTF8.self) == checkpoint.resourceVersion else { return nil }
+        return checkpoint
+    }
+
+    private func saveCheckpoint(_ mirror: Mirror, _ cache: InformerCache) {
+        guard let checkpoints, let checkpoint = cache.checkpoint() else { return }
+        do { try checkpoints.save(mirror.resource, checkpoint) } catch {
+            logger.warning("could not save the informer checkpoint", metadata: ["k8s.resource": "\(mirror.resource)", "error": "\(error)"])
         }
     }
 
@@ -115,8 +169,14 @@ public struct K8sSource: Sendable {
         guard mirror.kind != .nodeLabels else { return }
         let (existing, _) = try await store.list(prefix: mirror.prefix)
         for kv in existing where !wanted.contains(kv.key) && owned(mirror, kv) {
-            if mirror.kind == .policy, problemList.hasProblem(forKey: kv.key) { continue }
-            try await store.delete(kv.key)
+            if mirror.kind != .pod, problemList.hasProblem(forKey: kv.key) { continue }
+            if mirror.kind == .service {
+                // Through ServiceStore, so the cluster IP and node ports are freed too.
+                let record = try JSONDecoder().decode(ServiceRecord.self, from: Data(kv.value))
+                try await ServiceStore(store: store).delete(namespace: record.namespace, name: record.name)
+            } else {
+                try await store.delete(kv.key)
+            }
         }
     }
 
@@ -163,6 +223,28 @@ public struct K8sSource: Sendable {
                     "policy not applied; its last good version stays", metadata: ["k8s.object": "\(label)", "error": "\(error)"])
                 return key
             }
+        case .service:
+            let key = StoreKeys.service(object.namespace ?? "default", object.name)
+            return try await keepingLastGood(object, key: key) {
+                guard case .service(let wanted) = try Self.serviceObject(object) else { return }
+                // Unchanged (allocations as stored): no write, so a re-list or a status
+                // update does not rewrite every service.
+                if let kv = try await store.get(key),
+                   let existing = try? JSONDecoder().decode(ServiceRecord.self, from: Data(kv.value)),
+                   Self.sameService(wanted, existing) { return }
+                _ = try await ServiceStore(store: store).apply(wanted)
+            }
+        case .endpointSlice:
+            let key = StoreKeys.endpointSlice(object.namespace ?? "default", object.name)
+            return try await keepingLastGood(object, key: key) {
+                guard case .endpointSlice(let slice) = try Self.serviceObject(object) else { return }
+                try await putIfChanged(slice.storeKey, try Self.encode(slice))
+            }
+        case .egressGateway:
+            let key = StoreKeys.egressGateway(object.name)
+            return try await keepingLastGood(object, key: key) {
+                try await putIfChanged(key, try Self.encode(try Self.egressGatewayPolicy(object)))
+            }
         case .nodeLabels:
             let key = StoreKeys.node(object.name)
             try await compareAndSwap(key) { existing in
@@ -185,9 +267,40 @@ public struct K8sSource: Sendable {
         case .policy:
             problemList.clear("\(object.kind) \(object.key)")
             try await store.delete(StoreKeys.policy(kind: object.kind, namespace: object.namespace, name: object.name))
+        case .service:
+            problemList.clear("\(object.kind) \(object.key)")
+            try await ServiceStore(store: store).delete(namespace: object.namespace ?? "default", name: object.name)
+        case .endpointSlice:
+            problemList.clear("\(object.kind) \(object.key)")
+            try await store.delete(StoreKeys.endpointSlice(object.namespace ?? "default", object.name))
+        case .egressGateway:
+            problemList.clear("\(object.kind) \(object.key)")
+            try await store.delete(StoreKeys.egressGateway(object.name))
         case .nodeLabels:
             break  // the node's record goes with its agent's heartbeat, not with the Node object
         }
+    }
+
+    /// Runs `write`; an object that does not parse or cannot be allocated is reported in
+    /// `problems` and its last good version stays in the store under `key`.
+    private func keepingLastGood(_ object: KubeObject, key: String, _ write: () async throws -> Void) async throws -> String {
+        let label = "\(object.kind) \(object.key)"
+        do {
+            try await write()
+            problemList.clear(label)
+        } catch let error as ServiceParseError {
+            reject(label, key: key, "\(error.field): \(error.reason)")
+        } catch let error as PolicyParseError {
+            reject(label, key: key, "\(error.field): \(error.reason)")
+        } catch let error as ServiceAllocationError {
+            reject(label, key: key, error.description)
+        }
+        return key
+    }
+
+    private func reject(_ label: String, key: String, _ reason: String) {
+        problemList.record(label, key: key, reason)
+        logger.warning("object not applied; its last good version stays", metadata: ["k8s.object": "\(label)", "error": "\(reason)"])
     }
 
     private func putIfChanged(_ key: String, _ value: [UInt8]) async throws {
@@ -239,6 +352,33 @@ public struct K8sSource: Sendable {
         return try PolicyManifest.parse(doc, file: "k8s \(object.kind) \(object.key)", document: 1)
     }
 
+    /// Parses a Service or EndpointSlice with the Services module's parser, as `fathom apply`.
+    public static func serviceObject(_ object: KubeObject) throws -> ServiceObject {
+        guard let doc = object.json.anyValue as? [String: Any] else {
+            throw ServiceParseError(file: "k8s", document: 1, field: "(object)", reason: "not an object")
+        }
+        return try ServiceManifest.parse(doc, file: "k8s \(object.kind) \(object.key)", document: 1)
+    }
+
+    /// Parses a CiliumEgressGatewayPolicy as `fathom apply` does.
+    public static func egressGatewayPolicy(_ object: KubeObject) throws -> EgressGatewayPolicy {
+        guard let doc = object.json.anyValue as? [String: Any] else {
+            throw PolicyParseError(file: "k8s", document: 1, field: "(object)", reason: "not an object")
+        }
+        return try EgressGatewayPolicy.parse(doc, file: "k8s \(object.kind) \(object.key)", document: 1)
+    }
+
+    /// Whether storing `wanted` would leave `existing` as it is: what the manifest leaves
+    /// out (cluster IP, node ports) is the stored allocation.
+    static func sameService(_ wanted: ServiceRecord, _ existing: ServiceRecord) -> Bool {
+        var merged = wanted
+        if merged.clusterIP == nil { merged.clusterIP = existing.clusterIP }
+        for i in merged.ports.indices where merged.ports[i].nodePort == nil && merged.type == .nodePort {
+            merged.ports[i].nodePort = existing.ports.first { $0.name == merged.ports[i].name && $0.proto == merged.ports[i].proto }?.nodePort
+        }
+        return merged == existing
+    }
+
     static func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
         Array(try JSONEncoder().encode(value))
     }
@@ -246,7 +386,7 @@ public struct K8sSource: Sendable {
 
 /// A resource mirrored into one store prefix.
 struct Mirror: Sendable {
-    enum Kind: Sendable { case namespace, pod, policy, nodeLabels }
+    enum Kind: Sendable { case namespace, pod, policy, nodeLabels, service, endpointSlice, egressGateway }
     var resource: Resource
     var prefix: String
     var kind: Kind
@@ -267,4 +407,24 @@ final class ProblemList: Sendable {
     func record(_ label: String, key: String, _ reason: String) { entries.withLock { $0[label] = (key, reason) } }
     func clear(_ label: String) { _ = entries.withLock { $0.removeValue(forKey: label) } }
     func hasProblem(forKey key: String) -> Bool { entries.withLock { $0.values.contains { $0.key == key } } }
+}
+
+/// Informer checkpoints as JSON files in one directory (`<plural>.json`), each replaced
+/// atomically.
+public struct CheckpointFiles: Sendable {
+    public let directory: String
+
+    public init(directory: String) { self.directory = directory }
+
+    func path(_ resource: Resource) -> String { directory + "/" + resource.plural + ".json" }
+
+    public func load(_ resource: Resource) -> InformerCheckpoint? {
+        guard let data = FileManager.default.contents(atPath: path(resource)) else { return nil }
+        return try? JSONDecoder().decode(InformerCheckpoint.self, from: data)
+    }
+
+    public func save(_ resource: Resource, _ checkpoint: InformerCheckpoint) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try JSONEncoder().encode(checkpoint).write(to: URL(fileURLWithPath: path(resource)), options: .atomic)
+    }
 }

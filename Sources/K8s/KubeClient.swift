@@ -85,6 +85,10 @@ public final class KubeClient: Sendable {
         var configuration = HTTPClient.Configuration()
         configuration.timeout = .init(connect: connectTimeout, read: nil)
         configuration.redirectConfiguration = .disallow
+        // Over HTTP/1.1 every open watch holds a connection: the source watches nine
+        // resources at once and still needs connections for lists, gets and writes
+        // (AsyncHTTPClient's default of 8 per host left requests waiting for a free one).
+        configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 32
         if server.hasPrefix("https://") { configuration.tlsConfiguration = try Self.tls(for: config) }
         self.http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
     }

@@ -222,7 +222,10 @@ extension Lab {
 
     /// Where each manifest kind lives on the API server.
     static func resource(apiVersion: String, kind: String) -> Resource? {
-        [Resource.namespaces, .networkPolicies, .ciliumNetworkPolicies, .ciliumClusterwideNetworkPolicies]
+        [
+            Resource.namespaces, .networkPolicies, .ciliumNetworkPolicies, .ciliumClusterwideNetworkPolicies,
+            .services, .endpointSlices, .ciliumEgressGatewayPolicies,
+        ]
             .first { $0.apiVersion == apiVersion && $0.kind == kind }
     }
 

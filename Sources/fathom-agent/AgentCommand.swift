@@ -71,7 +71,7 @@ struct AgentCommand: AsyncParsableCommand {
         let kubeClient = try KubernetesMode.config(kubeconfig: kubeconfig, inCluster: k8sInCluster)
             .map { try KubeClient(config: $0, logger: log) }
         let kubernetes = KubernetesMode(client: kubeClient, store: store, agent: agent, node: node, socketPath: socket,
-                                        cniConfPath: writeCniConfWhenReady, log: log)
+                                        cniConfPath: writeCniConfWhenReady, stateDirectory: stateDir, log: log)
 
         // The store may still be starting: keep trying, the datapath is untouched meanwhile.
         var attempt = 0

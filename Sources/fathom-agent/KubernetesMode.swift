@@ -19,6 +19,9 @@ struct KubernetesMode: Sendable {
     let node: String
     let socketPath: String
     let cniConfPath: String?
+    /// The informers' checkpoints live in `<state dir>/k8s-informers`: a restarted agent
+    /// that was the last to mirror resumes its watches there instead of listing again.
+    let stateDirectory: String
     let log: Logger
 
     static func config(kubeconfig: String?, inCluster: Bool) throws -> KubeConfig? {
@@ -34,7 +37,8 @@ struct KubernetesMode: Sendable {
         await election.run(onChange: { state in
             await agent.setHealth("k8s-source", state)
         }) {
-            await K8sSource(client: client, store: store, logger: log).run()
+            let checkpoints = CheckpointFiles(directory: stateDirectory + "/k8s-informers")
+            await K8sSource(client: client, store: store, checkpoints: checkpoints, logger: log).run()
         }
     }
 

@@ -162,3 +162,77 @@ import Yams
         #expect(K8sSource.podRecord(plain) == PodRecord(namespace: "n", name: "p"))
     }
 }
+
+@Suite struct K8sSourceRestartTests {
+    /// A restarted source resumes every watch from its checkpoint: no list request, and
+    /// what changed while it was down (an added pod, a deleted namespace) arrives through
+    /// the watch.
+    @Test func aRestartResumesWithoutListing() async throws {
+        try await withFake { server, client in
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("k8s-ckpt-\(UUID().uuidString)").path
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let store = MemoryStore()
+            let checkpoints = CheckpointFiles(directory: dir)
+            for doc in try DeployManifests.load() where doc.kind == "CustomResourceDefinition" {
+                _ = try await client.create(DeployManifests.resources[doc.kind]!, try KubeObject(json: doc.json))
+            }
+            _ = try await client.create(.namespaces, namespace("prod"))
+            _ = try await client.create(.namespaces, namespace("old"))
+            _ = try await client.create(.pods, pod("prod", "a", labels: ["app": "a"]))
+
+            let first = Task { await K8sSource(client: client, store: store, options: InformerTests.fastOptions(), checkpoints: checkpoints).run() }
+            #expect(await eventually {
+                let pod = await store.get(StoreKeys.pod("prod", "a"))
+                let ns = await store.get(StoreKeys.namespace("old"))
+                return pod != nil && ns != nil
+            })
+            // Every mirror has stored its progress (so each has a checkpoint to resume from).
+            #expect(await eventually {
+                var all = true
+                for r in Resource.watched {
+                    if await store.get(K8sSyncMarkers.key(r)) == nil { all = false }
+                }
+                return all
+            })
+            first.cancel()
+            _ = await first.value
+            let pods = try #require(checkpoints.load(.pods))
+            #expect(pods.objects.map(\.name) == ["a"])
+
+            let listsBefore = Resource.watched.map { server.requests("LIST", $0.plural) }
+            let podWatches = server.requests("WATCH", "pods")
+            #expect(listsBefore.allSatisfy { $0 >= 1 }, "\(listsBefore)")
+            // Changes while no source runs.
+            _ = try await client.create(.pods, pod("prod", "b", labels: ["app": "b"]))
+            _ = try await client.delete(.namespaces, name: "old")
+
+            let second = Task { await K8sSource(client: client, store: store, options: InformerTests.fastOptions(), checkpoints: checkpoints).run() }
+            #expect(await eventually { await store.get(StoreKeys.pod("prod", "b")) != nil })
+            #expect(await eventually { await store.get(StoreKeys.namespace("old")) == nil })
+            #expect(await store.get(StoreKeys.pod("prod", "a")) != nil)
+            #expect(Resource.watched.map { server.requests("LIST", $0.plural) } == listsBefore, "no resource was listed again")
+            #expect(server.requests("WATCH", "pods") > podWatches)
+            second.cancel()
+            _ = await second.value  // its last checkpoint is saved before the folder is removed
+        }
+    }
+
+    /// A checkpoint the store's marker does not match (another agent mirrored since) is
+    /// not trusted: the source lists.
+    @Test func aStaleCheckpointLists() async throws {
+        try await withFake { server, client in
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("k8s-ckpt-\(UUID().uuidString)").path
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let store = MemoryStore()
+            let checkpoints = CheckpointFiles(directory: dir)
+            try checkpoints.save(.pods, InformerCheckpoint(objects: [], resourceVersion: "1"))
+            try await store.put(K8sSyncMarkers.key(.pods), Array("999".utf8))
+            _ = try await client.create(.pods, pod("default", "x"))
+            let source = Task { await K8sSource(client: client, store: store, options: InformerTests.fastOptions(), checkpoints: checkpoints).run() }
+            #expect(await eventually { await store.get(StoreKeys.pod("default", "x")) != nil })
+            #expect(server.requests("LIST", "pods") >= 1)
+            source.cancel()
+            _ = await source.value
+        }
+    }
+}

@@ -108,6 +108,22 @@ extension LabTests {
             #expect(try await reach("prod/client1", "prod/web2"))
             #expect(try await reach("prod/client2", "prod/web1"))
 
+            // A Service created through the API server (selecting the web pods) is reached
+            // by its cluster IP from pods on both nodes, as one applied with `fathom apply`.
+            let webService = """
+                apiVersion: v1
+                kind: Service
+                metadata: {name: web, namespace: prod}
+                spec:
+                  clusterIP: 10.96.0.20
+                  selector: {app: web}
+                  ports: [{port: 80}]
+                """
+            try await t.must(["apply", "-f", "-"], input: webService)
+            #expect(try await client.get(.services, namespace: "prod", name: "web").name == "web")
+            #expect(try await reach("prod/client1", "10.96.0.20"))
+            #expect(try await reach("prod/client2", "10.96.0.20"))
+
             // A NetworkPolicy created through the API server is enforced; deleting it
             // restores reachability.
             let denyWeb = """
@@ -123,10 +139,14 @@ extension LabTests {
             #expect(try await !reach("prod/client1", "prod/web2"))
             #expect(try await !reach("prod/client2", "prod/web1"))
             #expect(try await !reach("prod/client2", "prod/web2"))
+            #expect(try await !reach("prod/client1", "10.96.0.20"), "the policy holds behind the cluster IP")
             try await t.must(["delete", "-f", "-"], input: denyWeb)
             await #expect(throws: KubeAPIError.self) { try await client.get(.networkPolicies, namespace: "prod", name: "deny-web") }
             #expect(try await reach("prod/client1", "prod/web2"))
             #expect(try await reach("prod/client2", "prod/web1"))
+            try await t.must(["delete", "-f", "-"], input: webService)
+            await #expect(throws: KubeAPIError.self) { try await client.get(.services, namespace: "prod", name: "web") }
+            #expect(try await !reach("prod/client1", "10.96.0.20"), "a deleted Service's address leads nowhere")
 
             // The mirroring agent goes away: the other one takes the lead, and a policy
             // created after that is still enforced.
