@@ -69,6 +69,15 @@ struct EgressFixtureTests {
         let configured = S.tcp(a.ip, Self.external, 40004, 80)
         #expect(try toNetdev(f, configured).packet == configured, "a configured non-masquerade CIDR")
         #expect(try f.dp.dumpNAT().isEmpty)
+
+        // A reply of a connection the outside opened (conntrack has it) is never translated,
+        // ICMP echo replies included.
+        try f.dp.setNonMasquerade([Fixture.config.cluster])
+        let request = packet(Self.external, a.ip).icmpEcho()
+        _ = try f.toContainer(request)
+        let echoReply = packet(a.ip, Self.external).icmpEcho(reply: true)
+        let out = try toNetdev(f, echoReply)
+        #expect(out.verdict == TC.ok && out.packet == echoReply, "an echo reply leaves as it is")
     }
 
     @Test func theGatewayTranslatesToTheEgressIPAndOtherNodesSteerToIt() throws {

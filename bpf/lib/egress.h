@@ -129,14 +129,12 @@ static __always_inline int nat_exists(const struct fth_flow *f)
  * reversed tuple)? Replies are never masqueraded. */
 static __always_inline int ct_is_reply(const struct fth_flow *f)
 {
+	/* ICMP echo keeps the id in sport of a request and dport of a reply (common.h),
+	 * so the plain reversal finds the request's entry for every protocol. */
 	struct ct_key k = {
 		.saddr = f->daddr, .daddr = f->saddr, .sport = f->dport, .dport = f->sport, .proto = f->proto,
 	};
 
-	if (f->proto == IPPROTO_ICMP) {
-		k.sport = f->sport;
-		k.dport = f->dport;
-	}
 	return bpf_map_lookup_elem(&fth_ct4_v1, &k) != 0;
 }
 
