@@ -31,7 +31,7 @@ public struct ServiceStore: Sendable {
     /// Kubernetes) and its node ports unless the manifest names others.
     public func apply(_ wanted: ServiceRecord) async throws -> (ServiceRecord, Int64) {
         let owner = Array(wanted.key.utf8)
-        for _ in 0..<16 {
+        for attempt in 0..<64 {
             let existingKV = try await store.get(wanted.storeKey)
             let existing = try existingKV.map { try JSONDecoder().decode(ServiceRecord.self, from: Data($0.value)) }
             var rec = wanted
@@ -106,7 +106,10 @@ public struct ServiceStore: Sendable {
             }
             let r = try await store.txn(if: compares, then: ops, else: [])
             if r.succeeded { return (rec, r.revision) }
-            // Lost a race for a claim or the record: read again and retry.
+            // Lost a race for a claim or the record: read again and retry, after a random
+            // pause that grows with the attempts, so that appliers racing for the same first
+            // free address stop meeting in lockstep.
+            try await Task.sleep(nanoseconds: UInt64.random(in: 0...UInt64(1 + min(attempt, 20)) * 1_000_000))
         }
         throw ServiceAllocationError("service \(wanted.key): the store kept changing; try again")
     }
