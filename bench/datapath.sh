@@ -37,7 +37,8 @@ LABS=("$BASE_LAB" "$DP_LAB")
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
-FATHOM="$repo/.build/debug/fathom"
+BIN="${BIN_DIR:-$repo/.build/debug}"   # BIN_DIR=.build-release/release for a release build
+FATHOM="$BIN/fathom"
 
 [ "$(id -u)" -eq 0 ] || { echo "run as root: sudo bench/datapath.sh" >&2; exit 1; }
 [ "$ROUNDS" -ge 5 ] || { echo "ROUNDS must be at least 5" >&2; exit 1; }
@@ -51,7 +52,7 @@ for tool in gcc iperf3 jq taskset nsenter python3; do
 done
 # the lead rebuilds now and then: wait a little for the binaries to reappear
 for _ in $(seq 60); do
-  [ -x "$FATHOM" ] && [ -x "$repo/.build/debug/fathom-agent" ] && [ -x "$repo/.build/debug/fathom-cni" ] && break
+  [ -x "$FATHOM" ] && [ -x "$BIN/fathom-agent" ] && [ -x "$BIN/fathom-cni" ] && break
   sleep 2
 done
 [ -x "$FATHOM" ] || { echo "missing $FATHOM: build first" >&2; exit 1; }
@@ -174,7 +175,7 @@ measure() { # metric path -> value
 
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  kernel: $(uname -r)  cpus: $(nproc)  rounds: $ROUNDS" \
      " RR/CRR ${SECS}s, iperf3 ${IPERF_SECS}s per sample  load: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "binaries: fathom-agent built $(date -u -r "$repo/.build/debug/fathom-agent" '+%Y-%m-%d %H:%M:%S UTC')"
+echo "binaries: fathom-agent built $(date -u -r "$BIN/fathom-agent" '+%Y-%m-%d %H:%M:%S UTC')"
 echo "baseline: lab $BASE_LAB --no-datapath (kernel forwarding, no programs)"
 echo "subject:  lab $DP_LAB (eBPF datapath), endpoint $EP_ID (srv) ingress-enforced," \
      "$N_ENTRIES policy entries; cli identity $CLI_ID"
