@@ -55,27 +55,35 @@ extension Agent {
         flowContext.withLock { $0 = c }
     }
 
-    /// Decodes every datapath event into a flow, off the actor: the monitor ring, the flow
-    /// ring and the counters are behind their own locks, the context is a snapshot.
+    /// Records every datapath event as a flow, off the actor: the monitor ring, the flow
+    /// ring and the counters are behind their own locks, the context is a snapshot. Events
+    /// come a drain at a time; each goes into the flow ring with the context of its batch
+    /// and is decoded only when read (`PendingFlow`). The counters are kept per batch.
     public nonisolated func runEvents() async {
         guard let datapath = await datapath else { return }
         await publishFlowContext()
         let decoder = FlowDecoder()
-        for await e in datapath.events() {
-            recentEvents.withLock { $0.append(e) }
-            let context = flowContext.withLock { $0 }
-            let flow = decoder.flow(e, context: context)
-            flows.append(.flow(flow))
+        let run = UInt64.random(in: 0...UInt64.max)
+        for await batch in datapath.eventBatches() {
+            recentEvents.withLock { r in for e in batch { r.append(e) } }
+            let context = FlowContextSnapshot(flowContext.withLock { $0 })
+            flows.append(deferred: batch.map { PendingFlow(event: $0, context: context, decoder: decoder, run: run) })
+            var counts: [String: UInt64] = [:]
+            var verdicts: [String: UInt64] = [:]
+            for e in batch {
+                counts[e.kind == .drop ? "Drop|DROPPED" : "Trace|FORWARDED", default: 0] += 1
+                if let verdict = Self.policyVerdict(e) { verdicts[verdict, default: 0] += 1 }
+            }
             observeStats.withLock { s in
-                s.flows[e.kind == .drop ? "Drop|DROPPED" : "Trace|FORWARDED", default: 0] += 1
-                if let verdict = Self.policyVerdict(e, flow) { s.policyVerdicts[verdict, default: 0] += 1 }
+                s.flows.merge(counts, uniquingKeysWith: +)
+                s.policyVerdicts.merge(verdicts, uniquingKeysWith: +)
             }
         }
     }
 
     /// "direction|action|match" for events that are policy verdicts, else nil.
-    static func policyVerdict(_ e: DatapathEvent, _ f: Flow_Flow) -> String? {
-        let dir = f.trafficDirection == .ingress ? "ingress" : "egress"
+    static func policyVerdict(_ e: DatapathEvent) -> String? {
+        let dir = FlowDecoder.trafficDirection(e) == .ingress ? "ingress" : "egress"
         switch e.kind {
         case .drop:
             guard let r = e.dropReason, r == .policyDenied || r == .policyDeny else { return nil }
@@ -183,6 +191,26 @@ extension Agent {
               let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
         let kb = line.split(separator: " ").compactMap { Int($0) }.first ?? 0
         return kb * 1024
+    }
+}
+
+/// One flow context, shared by the events of a batch (one reference each, not a copy of
+/// every table).
+final class FlowContextSnapshot: Sendable {
+    let value: FlowContext
+    init(_ value: FlowContext) { self.value = value }
+}
+
+/// A datapath event in the flow ring, decoded when a reader asks, with the context of the
+/// moment it was recorded (an endpoint deleted since is still named).
+struct PendingFlow: DeferredFlow {
+    let event: DatapathEvent
+    let context: FlowContextSnapshot
+    let decoder: FlowDecoder
+    let run: UInt64
+
+    func response(sequence: UInt64) -> Observer_GetFlowsResponse {
+        .flow(decoder.flow(event, context: context.value, uuid: FlowDecoder.uuid(run: run, sequence: sequence)))
     }
 }
 

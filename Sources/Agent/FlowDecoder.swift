@@ -41,10 +41,12 @@ enum MonitorMessageType {
 struct FlowDecoder {
     let clock = EventRing.WallClock()
 
-    func flow(_ e: DatapathEvent, context c: FlowContext) -> Flow_Flow {
+    /// `uuid`: the flow's identifier (random when nil); a deferred flow passes one derived
+    /// from its ring sequence so that every read of it names it alike.
+    func flow(_ e: DatapathEvent, context c: FlowContext, uuid: String? = nil) -> Flow_Flow {
         var f = Flow_Flow()
         f.time = Google_Protobuf_Timestamp(timeIntervalSince1970: clock.time(ofKernelNanoseconds: e.timestamp))
-        f.uuid = UUID().uuidString.lowercased()
+        f.uuid = uuid ?? UUID().uuidString.lowercased()
         f.type = .l3L4
         f.nodeName = c.nodeName
 
@@ -70,7 +72,7 @@ struct FlowDecoder {
             f.dropReason = UInt32(e.reasonCode)
             f.dropReasonDesc = Flow_DropReason(rawValue: Int(e.reasonCode)) ?? .unknown
             f.eventType = Self.eventType(MonitorMessageType.drop, Int32(e.reasonCode))
-            f.trafficDirection = e.direction == .ingress ? .ingress : (e.direction == .egress ? .egress : .unknown)
+            f.trafficDirection = Self.trafficDirection(e)
             attachDeniedBy(&f, e, c)
         case .trace:
             f.verdict = .forwarded
@@ -80,16 +82,40 @@ struct FlowDecoder {
             let point = Self.observationPoint(e.observationPoint)
             f.traceObservationPoint = point
             f.eventType = Self.eventType(MonitorMessageType.trace, Int32(point.rawValue == 101 ? 0 : point.rawValue))
-            // The direction of the connection, seen from the endpoint: a reply leaving a pod
-            // belongs to a connection that came in.
-            let programDirection: Flow_TrafficDirection =
-                e.observationPoint == .fromContainer || e.observationPoint == .toNetdev ? .egress : .ingress
-            f.trafficDirection = reply ? (programDirection == .egress ? .ingress : .egress) : programDirection
+            f.trafficDirection = Self.trafficDirection(e)
             if e.ruleRef != 0, let r = c.rules[e.ruleRef] {
                 if r.direction == .ingress { f.ingressAllowedBy = [r.policy] } else { f.egressAllowedBy = [r.policy] }
             }
         }
         return f
+    }
+
+    /// A drop: the direction of the check that dropped. A trace: the direction of the
+    /// connection, seen from the endpoint (a reply leaving a pod belongs to a connection
+    /// that came in).
+    static func trafficDirection(_ e: DatapathEvent) -> Flow_TrafficDirection {
+        switch e.kind {
+        case .drop:
+            return e.direction == .ingress ? .ingress : (e.direction == .egress ? .egress : .unknown)
+        case .trace:
+            let program: Flow_TrafficDirection =
+                e.observationPoint == .fromContainer || e.observationPoint == .toNetdev ? .egress : .ingress
+            return e.traceReason == .reply ? (program == .egress ? .ingress : .egress) : program
+        }
+    }
+
+    /// A UUID (version 4 layout) that names ring entry `sequence` of this agent run:
+    /// the run's random half and the sequence number.
+    static func uuid(run: UInt64, sequence: UInt64) -> String {
+        var b = [UInt8](repeating: 0, count: 16)
+        for i in 0..<8 {
+            b[i] = UInt8(truncatingIfNeeded: run >> (56 - 8 * UInt64(i)))
+            b[8 + i] = UInt8(truncatingIfNeeded: sequence >> (56 - 8 * UInt64(i)))
+        }
+        b[6] = (b[6] & 0x0f) | 0x40     // version 4
+        b[8] = (b[8] & 0x3f) | 0x80     // RFC 4122 variant (the sequence's top two bits are 0)
+        let hex = b.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }
+        return [hex[0..<4], hex[4..<6], hex[6..<8], hex[8..<10], hex[10..<16]].map { $0.joined() }.joined(separator: "-")
     }
 
     private func attachDeniedBy(_ f: inout Flow_Flow, _ e: DatapathEvent, _ c: FlowContext) {

@@ -9,7 +9,9 @@ import Musl
 
 /// Reads a BPF ring buffer. Producers submit with BPF_RB_NO_WAKEUP, so nothing wakes
 /// us: `start` runs a dedicated thread that drains every `interval`, and `drain`
-/// empties it synchronously (tests, shutdown). Records go to `handler` in order.
+/// empties it synchronously (tests, shutdown). Records go to `handler` in order;
+/// `afterDrain` runs once after each drain that read any, so that a consumer can hand
+/// on a drain's records as one batch instead of one at a time.
 public final class RingBufferReader: @unchecked Sendable {
     public typealias Handler = @Sendable (UnsafeRawBufferPointer) -> Void
 
@@ -20,13 +22,15 @@ public final class RingBufferReader: @unchecked Sendable {
 
     private let map: Map
     private let box: Box
+    private let afterDrain: (@Sendable () -> Void)?
     private let rb: OpaquePointer
     private let consumeLock = Mutex<Void>(())
     private let running = Atomic<Bool>(false)
     private var thread: pthread_t?
 
-    public init(map: Map, handler: @escaping Handler) throws {
+    public init(map: Map, afterDrain: (@Sendable () -> Void)? = nil, handler: @escaping Handler) throws {
         self.map = map
+        self.afterDrain = afterDrain
         let box = Box(handler)
         self.box = box
         let ctx = Unmanaged.passUnretained(box).toOpaque()
@@ -49,7 +53,11 @@ public final class RingBufferReader: @unchecked Sendable {
     /// Consumes everything available now; returns the number of records.
     @discardableResult
     public func drain() -> Int {
-        consumeLock.withLock { _ in Int(max(0, ring_buffer__consume(rb))) }
+        consumeLock.withLock { _ in
+            let n = Int(max(0, ring_buffer__consume(rb)))
+            if n > 0 { afterDrain?() }
+            return n
+        }
     }
 
     /// Starts the draining thread (idempotent).

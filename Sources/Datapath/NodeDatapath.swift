@@ -38,6 +38,7 @@ public final class NodeDatapath: @unchecked Sendable {
 
     private var linkDirectory: String { config.pinDirectory + "/links" }
     private let subscribers = Mutex<[Int: AsyncStream<DatapathEvent>.Continuation]>([:])
+    private let batchSubscribers = Mutex<[Int: AsyncStream<[DatapathEvent]>.Continuation]>([:])
     private let nextSubscriber = Atomic<Int>(0)
     private let queueDropped = Atomic<UInt64>(0)
     private let readerLock = Mutex<RingBufferReader?>(nil)
@@ -300,8 +301,8 @@ public final class NodeDatapath: @unchecked Sendable {
 
     // MARK: events
 
-    /// Decoded trace and drop events. The ring buffer is drained every 50 ms on a
-    /// dedicated thread from the first call on; each stream gets every event.
+    /// Decoded trace and drop events, one at a time. The ring buffer is drained every 50 ms
+    /// on a dedicated thread from the first call on; each stream gets every event.
     public func events() -> AsyncStream<DatapathEvent> {
         let id = nextSubscriber.wrappingAdd(1, ordering: .relaxed).oldValue
         let (stream, continuation) = AsyncStream<DatapathEvent>.makeStream(bufferingPolicy: .bufferingNewest(65536))
@@ -309,6 +310,21 @@ public final class NodeDatapath: @unchecked Sendable {
             _ = self?.subscribers.withLock { $0.removeValue(forKey: id) }
         }
         subscribers.withLock { $0[id] = continuation }
+        try? reader().start(interval: 50)
+        return stream
+    }
+
+    /// The same events, as the batches one drain of the ring buffer read: the stream a
+    /// busy consumer wants (one wake-up per drain, not per event; the agent's flow
+    /// decoding), and the one that keeps up with tens of thousands of events a second.
+    public func eventBatches() -> AsyncStream<[DatapathEvent]> {
+        let id = nextSubscriber.wrappingAdd(1, ordering: .relaxed).oldValue
+        // 64 drains of up to a full ring (256 KiB / 64-byte events) each
+        let (stream, continuation) = AsyncStream<[DatapathEvent]>.makeStream(bufferingPolicy: .bufferingNewest(64))
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.batchSubscribers.withLock { $0.removeValue(forKey: id) }
+        }
+        batchSubscribers.withLock { $0[id] = continuation }
         try? reader().start(interval: 50)
         return stream
     }
@@ -326,30 +342,45 @@ public final class NodeDatapath: @unchecked Sendable {
 
     private let flushLock = Mutex<Void>(())
     private let flushBuffer = Mutex<[DatapathEvent]?>(nil)
+    /// Events of the drain in progress (the reader's handler runs under its drain lock).
+    private let pending = Mutex<[DatapathEvent]>([])
 
     private func reader() throws -> RingBufferReader {
         try readerLock.withLock { r in
             if let r { return r }
-            let new = try RingBufferReader(map: eventsMap) { [weak self] bytes in
+            let new = try RingBufferReader(map: eventsMap, afterDrain: { [weak self] in
+                guard let self else { return }
+                let batch = self.pending.withLock { p in let b = p; p.removeAll(keepingCapacity: true); return b }
+                self.dispatch(batch)
+            }) { [weak self] bytes in
                 guard let self, let event = DatapathEvent(bytes: bytes) else { return }
-                self.dispatch(event)
+                self.pending.withLock { $0.append(event) }
             }
             r = new
             return new
         }
     }
 
-    private func dispatch(_ event: DatapathEvent) {
-        flushBuffer.withLock { $0?.append(event) }
+    private func dispatch(_ batch: [DatapathEvent]) {
+        guard !batch.isEmpty else { return }
+        flushBuffer.withLock { $0?.append(contentsOf: batch) }
         subscribers.withLock { subs in
             for s in subs.values {
-                if case .dropped = s.yield(event) { queueDropped.wrappingAdd(1, ordering: .relaxed) }
+                for event in batch {
+                    if case .dropped = s.yield(event) { queueDropped.wrappingAdd(1, ordering: .relaxed) }
+                }
+            }
+        }
+        batchSubscribers.withLock { subs in
+            for s in subs.values {
+                if case .dropped(let old) = s.yield(batch) { queueDropped.wrappingAdd(UInt64(old.count), ordering: .relaxed) }
             }
         }
     }
 
     /// Events read from the ring that a subscriber's queue had no room for (it fell
-    /// 65,536 events behind): counted so that they are reported, never lost silently.
+    /// 65,536 events, or 64 drains, behind): counted so that they are reported, never lost
+    /// silently.
     public var eventsDroppedFromQueues: UInt64 { queueDropped.load(ordering: .relaxed) }
 }
 

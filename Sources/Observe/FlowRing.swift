@@ -9,11 +9,22 @@ import ObserveProto
 /// Readers keep a cursor (a sequence number). A reader that falls behind by more than the
 /// capacity has lost entries: `read(after:)` tells it how many, so the server can say so in
 /// a `LostEvent` (HUBBLE_RING_BUFFER) instead of skipping them silently.
+///
+/// An entry may be a `DeferredFlow`: the raw event and what is needed to decode it, turned
+/// into a flow only when a reader asks. A busy node records tens of thousands of events a
+/// second and most are overwritten unread; decoding each as it came (a UUID, address
+/// strings, a protobuf message) cost the agent a quarter of a CPU under a connection
+/// benchmark, CPU that the node's traffic needed.
 public final class FlowRing: Sendable {
     public let capacity: Int
 
+    private enum Slot {
+        case ready(Observer_GetFlowsResponse)
+        case deferred(any DeferredFlow)
+    }
+
     private struct State {
-        var slots: [Observer_GetFlowsResponse?]
+        var slots: [Slot?]
         /// Sequence number of the newest entry; entries are numbered from 1.
         var newest: UInt64 = 0
         var waiters: [Int: AsyncStream<Void>.Continuation] = [:]
@@ -37,7 +48,20 @@ public final class FlowRing: Sendable {
     public func append(_ entry: Observer_GetFlowsResponse) {
         let waiters = state.withLock { s -> [AsyncStream<Void>.Continuation] in
             s.newest += 1
-            s.slots[Int(s.newest % UInt64(capacity))] = entry
+            s.slots[Int(s.newest % UInt64(capacity))] = .ready(entry)
+            return s.waiters.isEmpty ? [] : Array(s.waiters.values)
+        }
+        for w in waiters { w.yield() }
+    }
+
+    /// Appends flows to be decoded when read, in order, waking followers once.
+    public func append(deferred entries: [any DeferredFlow]) {
+        guard !entries.isEmpty else { return }
+        let waiters = state.withLock { s -> [AsyncStream<Void>.Continuation] in
+            for e in entries {
+                s.newest += 1
+                s.slots[Int(s.newest % UInt64(capacity))] = .deferred(e)
+            }
             return s.waiters.isEmpty ? [] : Array(s.waiters.values)
         }
         for w in waiters { w.yield() }
@@ -50,20 +74,27 @@ public final class FlowRing: Sendable {
 
     /// Entries numbered above `cursor`, oldest first, at most `limit`; and how many entries
     /// after `cursor` were overwritten before this read (0 when the reader kept up).
+    /// Deferred entries are decoded here, outside the ring's lock.
     public func read(after cursor: UInt64, limit: Int = .max) -> (entries: [(UInt64, Observer_GetFlowsResponse)], lost: UInt64) {
-        state.withLock { s in
+        let (slots, lost) = state.withLock { s -> ([(UInt64, Slot)], UInt64) in
             let oldest = s.newest >= UInt64(capacity) ? s.newest - UInt64(capacity) + 1 : 1
             let start = max(cursor + 1, oldest)
             let lost = start > cursor + 1 ? start - cursor - 1 : 0
             guard start <= s.newest else { return ([], lost) }
             let end = min(s.newest, start &+ UInt64(max(0, limit - 1)))
-            var out: [(UInt64, Observer_GetFlowsResponse)] = []
+            var out: [(UInt64, Slot)] = []
             out.reserveCapacity(Int(end - start + 1))
             for seq in start...end {
                 if let e = s.slots[Int(seq % UInt64(capacity))] { out.append((seq, e)) }
             }
             return (out, lost)
         }
+        return (slots.map { seq, slot in
+            switch slot {
+            case .ready(let r): (seq, r)
+            case .deferred(let d): (seq, d.response(sequence: seq))
+            }
+        }, lost)
     }
 
     /// The newest sequence number (0: nothing appended yet).
@@ -84,6 +115,13 @@ public final class FlowRing: Sendable {
         }
         return (stream, { cont.finish() })
     }
+}
+
+/// A ring entry decoded on demand. `response` must give the same flow every time it is
+/// asked for one sequence number (a UUID derived from it, not a random one), since several
+/// readers may decode one entry.
+public protocol DeferredFlow: Sendable {
+    func response(sequence: UInt64) -> Observer_GetFlowsResponse
 }
 
 extension Observer_GetFlowsResponse {

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import Model
 import ClusterStore
+import ObserveProto
 @testable import Agent
 
 func scratchDirectory() -> String {
@@ -141,5 +142,26 @@ import AgentAPI
         #expect(ring.events(after: 8, limit: 100).map(\.sequence) == [9, 10])
         #expect(ring.events(after: 0, limit: 2).map(\.sequence) == [7, 8])
         #expect(ring.events(after: 10, limit: 5).isEmpty)
+    }
+}
+
+@Suite struct PendingFlowTests {
+    @Test func aDeferredFlowIsTheSameFlowOnEveryReadAndNamesItsRingSequence() {
+        var bytes = [UInt8](repeating: 0, count: 56)
+        bytes[0] = 1      // drop
+        bytes[1] = 133
+        bytes[3] = 1      // ingress
+        var e = bytes.withUnsafeBytes { DatapathEvent(bytes: $0) }!
+        e.destinationPort = 80
+        var c = FlowContext()
+        c.nodeName = "node1"
+        let pending = PendingFlow(event: e, context: FlowContextSnapshot(c), decoder: FlowDecoder(), run: 0x0123_4567_89ab_cdef)
+        let a = pending.response(sequence: 7), b = pending.response(sequence: 7)
+        #expect(a == b, "decoding twice gives one flow, UUID included")
+        #expect(a.flow.uuid == "01234567-89ab-4def-8000-000000000007")
+        #expect(UUID(uuidString: a.flow.uuid) != nil)
+        #expect(pending.response(sequence: 8).flow.uuid != a.flow.uuid)
+        #expect(a.flow.verdict == .dropped && a.flow.trafficDirection == .ingress && a.flow.nodeName == "node1")
+        #expect(Agent.policyVerdict(e) == "ingress|denied|default-deny")
     }
 }

@@ -168,6 +168,37 @@ import ObserveProto
         #expect(none.isEmpty && noneLost == 0)
     }
 
+    /// A deferred entry counts its decodings, and names itself after its sequence.
+    final class CountingFlow: DeferredFlow, @unchecked Sendable {
+        let n: Int
+        private let lock = NSLock()
+        private var decoded = 0
+        init(_ n: Int) { self.n = n }
+        var decodings: Int { lock.withLock { decoded } }
+        func response(sequence: UInt64) -> Observer_GetFlowsResponse {
+            lock.withLock { decoded += 1 }
+            var f = ObserverServerTests.flow(n)
+            f.uuid = "flow-\(n)-seq-\(sequence)"
+            return .flow(f)
+        }
+    }
+
+    @Test func deferredEntriesAreDecodedOnlyWhenReadAndInOrderWithOthers() {
+        let ring = FlowRing(capacity: 4)
+        ring.append(.flow(Self.flow(1)))
+        let deferred = (2...6).map(CountingFlow.init)
+        ring.append(deferred: deferred)
+        #expect(deferred.allSatisfy { $0.decodings == 0 }, "appending decodes nothing")
+        #expect(ring.seen == 6 && ring.count == 4)
+        let (entries, lost) = ring.read(after: 0)
+        #expect(lost == 2, "flow 1 and deferred 2 were overwritten unread")
+        #expect(entries.map(\.0) == [3, 4, 5, 6])
+        #expect(entries.map(\.1.flow.uuid) == ["flow-3-seq-3", "flow-4-seq-4", "flow-5-seq-5", "flow-6-seq-6"])
+        #expect(deferred.map(\.decodings) == [0, 1, 1, 1, 1], "the overwritten one was never decoded")
+        let again = ring.read(after: 4, limit: 1)
+        #expect(again.entries.map(\.1.flow.uuid) == ["flow-5-seq-5"], "a second read gives the same flow")
+    }
+
     @Test func badFiltersAndWindowsAreInvalidArgument() async throws {
         let ring = FlowRing(capacity: 4)
         try await withServer(ring: ring) { path, _ in
