@@ -173,7 +173,7 @@ static __always_inline int from_netdev_ipv4(struct __sk_buff *skb, struct fth_ct
 		return TC_ACT_OK;       /* the node's own traffic, or routed on */
 	c->endpoint_id = dst->ep_id;
 	c->dst_identity = dst->identity;
-	c->src_identity = ipcache_identity(c->flow.saddr);
+	c->lazy |= FTH_LAZY_SRC;
 	if (ret)
 		return drop(skb, c, ret, FTH_DIR_INGRESS);
 	return to_local_endpoint(skb, c, dst);

@@ -51,7 +51,10 @@ static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct fth
 	if (ret)
 		return drop(skb, c, ret, FTH_DIR_EGRESS);
 	dst = endpoint_lookup(c->flow.daddr);
-	c->dst_identity = dst ? dst->identity : ipcache_identity(c->flow.daddr);
+	if (dst)
+		c->dst_identity = dst->identity;
+	else
+		c->lazy |= FTH_LAZY_DST;        /* looked up when a policy check or an event needs it */
 	if (dst && (dst->flags & FTH_EP_LOCKDOWN)) {
 		c->endpoint_id = dst->ep_id;
 		return drop(skb, c, FTH_DROP_ENDPOINT_LOCKDOWN, FTH_DIR_INGRESS);
@@ -96,7 +99,7 @@ static __always_inline int to_container_ipv4(struct __sk_buff *skb, struct fth_c
 		return drop(skb, c, FTH_DROP_UNKNOWN_TARGET, FTH_DIR_INGRESS);
 	c->endpoint_id = dst->ep_id;
 	c->dst_identity = dst->identity;
-	c->src_identity = ipcache_identity(c->flow.saddr);
+	c->lazy |= FTH_LAZY_SRC;
 	if (dst->flags & FTH_EP_LOCKDOWN)
 		return drop(skb, c, FTH_DROP_ENDPOINT_LOCKDOWN, FTH_DIR_INGRESS);
 	ret = ct_and_policy(c, 0, dst, &trace);

@@ -11,7 +11,7 @@ enum MapName {
     static let policy = "fth_pol4_v1"
     static let conntrack = "fth_ct4_v1"
     static let events = "fth_events_v1"
-    static let metrics = "fth_metrics_v1"
+    static let metrics = "fth_metrics_v2"
     static let lost = "fth_lost_v1"
     // lib/lb.h, lib/nat.h
     static let lbServices = "fth_lb4_svc_v1"
@@ -101,10 +101,10 @@ struct CTEntryRaw: BitwiseCopyable {
     var pad: (UInt8, UInt8)
 }
 
-struct MetricsKeyRaw: BitwiseCopyable {
-    var reason: UInt8
-    var direction: UInt8
-    var pad: UInt16 = 0
+/// Slot of the counters array: `reason << 2 | direction` (bpf/lib/events.h).
+enum MetricsSlot {
+    static let count: UInt32 = 256 * 4
+    static func index(reason: UInt8, direction: UInt8) -> UInt32 { UInt32(reason) << 2 | UInt32(direction & 3) }
 }
 
 struct MetricsValueRaw: BitwiseCopyable {

@@ -291,11 +291,12 @@ public final class NodeDatapath: @unchecked Sendable {
     }
 
     public func counters() throws -> [CounterEntry] {
-        try metrics.keys(as: MetricsKeyRaw.self).compactMap { k in
-            guard let perCPU = try metrics.lookupPerCPU(k, as: MetricsValueRaw.self) else { return nil }
-            return CounterEntry(reason: k.reason, direction: TrafficDirection(rawValue: k.direction),
-                                packets: perCPU.reduce(0) { $0 + $1.packets },
-                                bytes: perCPU.reduce(0) { $0 + $1.bytes })
+        try (0..<MetricsSlot.count).compactMap { slot in
+            guard let perCPU = try metrics.lookupPerCPU(slot, as: MetricsValueRaw.self) else { return nil }
+            let packets = perCPU.reduce(0) { $0 + $1.packets }
+            guard packets > 0 else { return nil }
+            return CounterEntry(reason: UInt8(slot >> 2), direction: TrafficDirection(rawValue: UInt8(slot & 3)),
+                                packets: packets, bytes: perCPU.reduce(0) { $0 + $1.bytes })
         }.sorted { ($0.reason, $0.direction?.rawValue ?? 0) < ($1.reason, $1.direction?.rawValue ?? 0) }
     }
 

@@ -82,10 +82,16 @@ struct PolicyFixtureTests {
         let reply = try f.fromNetdev(packet(Fixture.remotePod, pod.ip).tcp(sport: 8080, dport: 41000, flags: 0x12))
         #expect(reply.verdict == TC.redirect)
         #expect(Array(reply.packet[0..<6]) == pod.podMAC.bytes)
+        // An established packet with a flag new to its direction is reported too.
+        #expect(try f.fromContainer(pod, packet(pod.ip, Fixture.remotePod).tcp(sport: 41000, dport: 8080, flags: 0x18)).verdict == TC.ok)
         let traces = try f.dp.flushEvents().filter { $0.kind == .trace }
-        #expect(traces.map(\.traceReason) == [.new, .reply])
+        #expect(traces.map(\.traceReason) == [.new, .reply, .established])
+        // Identities the programs look up only when they report (the remote pod's from the
+        // ipcache): every event still names both sides.
+        #expect(traces.map(\.sourceIdentity) == [pod.identity, Fixture.remoteIdentity, pod.identity])
+        #expect(traces.map(\.destinationIdentity) == [Fixture.remoteIdentity, pod.identity, Fixture.remoteIdentity])
         let ct = try #require(try f.dp.dumpConntrack().first)
-        #expect(ct.txPackets == 1 && ct.rxPackets == 1 && ct.seenReply)
+        #expect(ct.txPackets == 2 && ct.rxPackets == 1 && ct.seenReply)
         #expect(ct.ruleRef == 3)
         // A new connection the other way is not a reply: denied.
         #expect(try f.fromNetdev(packet(Fixture.remotePod, pod.ip).tcp(sport: 8080, dport: 41001)).verdict == TC.shot)

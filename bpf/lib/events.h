@@ -8,6 +8,7 @@
  */
 #pragma once
 #include "common.h"
+#include "ipcache.h"
 
 #define FTH_EVENT_DROP  1
 #define FTH_EVENT_TRACE 2
@@ -60,37 +61,31 @@ struct {
 	__uint(max_entries, 1);
 } fth_lost_v1 SEC(".maps");
 
-struct metrics_key {
-	__u8  reason;           /* 0 forwarded, else drop reason */
-	__u8  direction;        /* FTH_DIR_* */
-	__u16 pad;
-};
+/* Counters by (reason, direction): index reason << 2 | direction, reason 0 =
+ * forwarded. An array, not a hash: every packet counts, and an array slot is a
+ * pointer computation where a hash lookup hashes the key and walks a bucket. */
+#define FTH_METRICS_SLOTS (256 * 4)
 
 struct metrics_value {
 	__u64 packets;
 	__u64 bytes;
 };
 
-/* Written by the programs; read (summed over CPUs) by the agent. */
+/* Written by the programs; read (summed over CPUs, zero slots skipped) by the agent. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__type(key, struct metrics_key);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
 	__type(value, struct metrics_value);
-	__uint(max_entries, 1024);
-} fth_metrics_v1 SEC(".maps");
+	__uint(max_entries, FTH_METRICS_SLOTS);
+} fth_metrics_v2 SEC(".maps");
 
 static __always_inline void metrics_count(__u8 reason, __u8 dir, __u32 len)
 {
-	struct metrics_key k = { .reason = reason, .direction = dir };
-	struct metrics_value *v = bpf_map_lookup_elem(&fth_metrics_v1, &k);
+	__u32 k = ((__u32)reason << 2) | (dir & 3);
+	struct metrics_value *v = bpf_map_lookup_elem(&fth_metrics_v2, &k);
 
-	if (!v) {
-		struct metrics_value zero = {};
-		bpf_map_update_elem(&fth_metrics_v1, &k, &zero, BPF_NOEXIST);
-		v = bpf_map_lookup_elem(&fth_metrics_v1, &k);
-		if (!v)
-			return;
-	}
+	if (!v)
+		return;
 	v->packets += 1;
 	v->bytes += len;
 }
@@ -106,9 +101,24 @@ struct fth_ctx {
 	__u8  obs_point;
 	__u8  direction;
 	__u8  is_reply;         /* conntrack: a reply of a tracked connection */
-	__u8  pad;
+	__u8  lazy;             /* FTH_LAZY_*: identities still to look up in the ipcache */
 	__u16 rev_nat_id;       /* lib/lb.h: frontend of a translated connection */
 };
+
+/* An identity a program has not looked up yet: the ipcache is a longest-prefix
+ * trie, and a packet of a tracked connection needs no identity unless it is
+ * reported. ctx_identities() looks them up before a policy check or an event. */
+#define FTH_LAZY_SRC 0x01
+#define FTH_LAZY_DST 0x02
+
+static __always_inline void ctx_identities(struct fth_ctx *c)
+{
+	if (c->lazy & FTH_LAZY_SRC)
+		c->src_identity = ipcache_identity(c->flow.saddr);
+	if (c->lazy & FTH_LAZY_DST)
+		c->dst_identity = ipcache_identity(c->flow.daddr);
+	c->lazy = 0;
+}
 
 static __always_inline void emit_event(struct __sk_buff *skb, const struct fth_ctx *c,
 				       __u8 type, __u8 reason, __u16 verdict)
@@ -150,6 +160,7 @@ static __always_inline int drop(struct __sk_buff *skb, struct fth_ctx *c, __u8 r
 {
 	c->direction = dir;
 	metrics_count(reason, dir, skb->len);
+	ctx_identities(c);
 	emit_event(skb, c, FTH_EVENT_DROP, reason, TC_ACT_SHOT);
 	return TC_ACT_SHOT;
 }
@@ -158,7 +169,9 @@ static __always_inline int drop(struct __sk_buff *skb, struct fth_ctx *c, __u8 r
 static __always_inline int forward(struct __sk_buff *skb, struct fth_ctx *c, __u8 trace, int verdict)
 {
 	metrics_count(0, c->direction, skb->len);
-	if (trace)
+	if (trace) {
+		ctx_identities(c);
 		emit_event(skb, c, FTH_EVENT_TRACE, trace, (__u16)verdict);
+	}
 	return verdict;
 }

@@ -45,6 +45,7 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 			*trace = FTH_TRACE_ESTABLISHED;
 		return 0;
 	}
+	ctx_identities(c);
 	if (src_ep) {
 		ret = policy_check(src_ep, c->dst_identity, FTH_DIR_EGRESS, &c->flow, &c->rule_ref);
 		if (ret) {

@@ -230,10 +230,13 @@ affinity:
  * the service's id. Returns 0 (translated, or not for a service) or a drop reason. */
 static __always_inline int lb4_from_pod(struct __sk_buff *skb, struct fth_ctx *c)
 {
-	struct lb4_service *svc = lb4_lookup(c->flow.daddr, c->flow.dport, c->flow.proto);
+	struct lb4_service *svc;
 	struct lb4_backend *be;
 	__u8 trace, reason = 0;
 
+	if (in_cluster_cidr(c->flow.daddr))
+		return 0;       /* a pod's address is never a frontend: no lookup */
+	svc = lb4_lookup(c->flow.daddr, c->flow.dport, c->flow.proto);
 	if (!svc && c->flow.daddr == fth_node_ip)
 		svc = lb4_lookup(0, c->flow.dport, c->flow.proto);
 	if (!svc)
