@@ -4,6 +4,7 @@ import Model
 import Identity
 import Policy
 import Datapath
+import Observe
 import ObserveProto
 import AgentAPI
 
@@ -28,6 +29,17 @@ struct FlowContext: Sendable {
     var enforcedBy: [UInt32: (ingress: [Flow_Policy], egress: [Flow_Policy])] = [:]
     /// Local endpoint ID by address.
     var localEndpoints: [IPv4Address: UInt32] = [:]
+    /// Services by frontend: cluster IPs and ports, node ports on this node's address.
+    var services = FlowServiceTable()
+    /// Frontend id (the reverse-NAT id conntrack keeps) → its service.
+    var frontendServices: [UInt16: Flow_Service] = [:]
+    /// Backends of this node's frontends: the destinations a translated connection has.
+    var backends: Set<Backend> = []
+
+    struct Backend: Hashable, Sendable {
+        var ip: IPv4Address
+        var port: UInt16
+    }
 }
 
 /// Hubble's monitor message types (Cilium pkg/monitor/api), used in `event_type`.
@@ -38,10 +50,23 @@ enum MonitorMessageType {
 
 /// Decodes datapath events into `flow.Flow` records, as Hubble's parser does for Cilium's
 /// trace and drop notifications.
+///
+/// Services: `source_service` and `destination_service` name the service of the flow's
+/// source and destination address and port, as Hubble looks them up. A pod's packet to a
+/// cluster IP is reported after the per-packet translation, with the backend as its
+/// destination (`lb4_from_pod` runs before the event is written; only drops before it,
+/// such as 158, carry the cluster IP), and the event does not carry the frontend it came
+/// from. The connection's conntrack entry does (its reverse-NAT id), so for a trace of the
+/// initiating direction to a known backend `frontendOf` reads it and the flow names the
+/// service it was sent to. Sockets the socket-level hooks connected straight to a backend
+/// have no such entry and name nothing, as Hubble names nothing for a backend address.
 struct FlowDecoder {
     let clock = EventRing.WallClock()
 
-    func flow(_ e: DatapathEvent, context c: FlowContext) -> Flow_Flow {
+    /// `frontendOf`: the frontend id the event's connection was translated from, from
+    /// the datapath's conntrack (nil: not translated, or no datapath).
+    func flow(_ e: DatapathEvent, context c: FlowContext,
+              frontendOf: (DatapathEvent) -> UInt16? = { _ in nil }) -> Flow_Flow {
         var f = Flow_Flow()
         f.time = Google_Protobuf_Timestamp(timeIntervalSince1970: clock.time(ofKernelNanoseconds: e.timestamp))
         f.uuid = UUID().uuidString.lowercased()
@@ -58,6 +83,8 @@ struct FlowDecoder {
 
         f.source = endpoint(e.source, identity: e.sourceIdentity, c)
         f.destination = endpoint(e.destination, identity: e.destinationIdentity, c)
+        c.services.annotate(&f)
+        if !f.hasDestinationService, let s = translatedFrom(e, c, frontendOf) { f.destinationService = s }
 
         var iface = Flow_NetworkInterface()
         iface.index = e.ifindex
@@ -90,6 +117,16 @@ struct FlowDecoder {
             }
         }
         return f
+    }
+
+    /// The service a connection to a backend was sent to, when it was translated per
+    /// packet: only traces of the initiating direction (a reply's source is the backend,
+    /// which Hubble does not name either) to an address and port that is a backend here.
+    private func translatedFrom(_ e: DatapathEvent, _ c: FlowContext, _ frontendOf: (DatapathEvent) -> UInt16?) -> Flow_Service? {
+        guard e.kind == .trace, e.traceReason != .reply, e.proto == 6 || e.proto == 17,
+              c.backends.contains(.init(ip: e.destination, port: e.destinationPort)),
+              let id = frontendOf(e) else { return nil }
+        return c.frontendServices[id]
     }
 
     private func attachDeniedBy(_ f: inout Flow_Flow, _ e: DatapathEvent, _ c: FlowContext) {

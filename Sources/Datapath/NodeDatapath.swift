@@ -264,6 +264,17 @@ public final class NodeDatapath: @unchecked Sendable {
         }
     }
 
+    /// The service frontend (its reverse-NAT id) a connection was translated from per
+    /// packet, from the connection's own conntrack entry, keyed by its tuple after
+    /// translation (initiator first): nil when there is no entry or it was not
+    /// translated. One map lookup.
+    public func conntrackFrontend(source: IPv4Address, destination: IPv4Address, sourcePort: UInt16,
+                                  destinationPort: UInt16, proto: UInt8) throws -> UInt16? {
+        let key = CTKeyRaw(saddr: source.wire, daddr: destination.wire, sport: sourcePort, dport: destinationPort, proto: proto)
+        guard let entry = try conntrack.lookup(key, as: CTEntryRaw.self), entry.revNatID != 0 else { return nil }
+        return entry.revNatID
+    }
+
     /// CLOCK_MONOTONIC seconds, the clock of conntrack `expires`.
     public static func monotonicSeconds() -> UInt64 {
         var ts = timespec()
