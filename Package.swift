@@ -150,7 +150,7 @@ let package = Package(
         .testTarget(name: "ClusterStoreTests", dependencies: ["ClusterStore", "TestSupport"], swiftSettings: swift6),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "TestSupport"], swiftSettings: swift6),
         .testTarget(name: "DatapathTests", dependencies: ["Datapath", "BPF", "Model", "Netlink"], swiftSettings: swift6),
-        .testTarget(name: "AgentTests", dependencies: ["Agent", "ClusterStore", "AgentAPI", "Model", "Datapath", "ObserveProto"], swiftSettings: swift6),
+        .testTarget(name: "AgentTests", dependencies: ["Agent", "ClusterStore", "AgentAPI", "Model", "Datapath", "Services", "ObserveProto"], swiftSettings: swift6),
         .testTarget(
             name: "ObserveTests",
             dependencies: [

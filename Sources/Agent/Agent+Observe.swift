@@ -6,6 +6,7 @@ import Identity
 import Policy
 import Datapath
 import Observe
+import Services
 import ObserveProto
 
 /// Counts behind the agent's metrics that the datapath's own counters do not give.
@@ -52,7 +53,33 @@ extension Agent {
             c.enforcedBy[ep] = (by.ingress.compactMap { ref($0, rule: "default-deny") },
                                 by.egress.compactMap { ref($0, rule: "default-deny") })
         }
+        addServices(to: &c)
         flowContext.withLock { $0 = c }
+    }
+
+    /// The service frontends flows are named by: every service's cluster IP with each of
+    /// its ports, and its node ports on this node's address (Cilium's frontends are the
+    /// node's own addresses); a frontend two services claim keeps the first by name, as
+    /// the datapath does. Also the frontend ids and backends this node translates with.
+    func addServices(to c: inout FlowContext) {
+        let node = config.nodeAddress.description
+        for svc in serviceState.services.values.sorted(by: { $0.key < $1.key }) {
+            for port in svc.ports {
+                if let vip = svc.clusterIP {
+                    c.services.add(address: vip.description, port: port.port, namespace: svc.namespace, name: svc.name)
+                }
+                if svc.type == .nodePort, let np = port.nodePort {
+                    c.services.add(address: node, port: np, namespace: svc.namespace, name: svc.name)
+                }
+            }
+        }
+        for (key, id) in serviceState.frontendIDs {
+            let address = key.address?.description ?? node
+            if let s = c.services.service(address: address, port: UInt32(key.port)) { c.frontendServices[id] = s }
+        }
+        for d in serviceState.desired.values {
+            for b in d.backends.values { c.backends.insert(.init(ip: b.ip, port: b.port)) }
+        }
     }
 
     /// Records every datapath event as a flow, off the actor: the monitor ring, the flow

@@ -4,6 +4,7 @@ import Model
 import Identity
 import Policy
 import Datapath
+import Observe
 import ObserveProto
 import AgentAPI
 
@@ -28,6 +29,17 @@ struct FlowContext: Sendable {
     var enforcedBy: [UInt32: (ingress: [Flow_Policy], egress: [Flow_Policy])] = [:]
     /// Local endpoint ID by address.
     var localEndpoints: [IPv4Address: UInt32] = [:]
+    /// Services by frontend: cluster IPs and ports, node ports on this node's address.
+    var services = FlowServiceTable()
+    /// Frontend id (the reverse-NAT id conntrack keeps) → its service.
+    var frontendServices: [UInt16: Flow_Service] = [:]
+    /// Backends of this node's frontends: the destinations a translated connection has.
+    var backends: Set<Backend> = []
+
+    struct Backend: Hashable, Sendable {
+        var ip: IPv4Address
+        var port: UInt16
+    }
 }
 
 /// Hubble's monitor message types (Cilium pkg/monitor/api), used in `event_type`.
@@ -38,6 +50,15 @@ enum MonitorMessageType {
 
 /// Decodes datapath events into `flow.Flow` records, as Hubble's parser does for Cilium's
 /// trace and drop notifications.
+///
+/// Services: `source_service` and `destination_service` name the service of the flow's
+/// source and destination address and port, as Hubble looks them up. A pod's packet to a
+/// cluster IP is reported after the per-packet translation, with the backend as its
+/// destination (`lb4_from_pod` runs before the event is written; only drops before it,
+/// such as 158, carry the cluster IP); the event also carries the frontend id the
+/// connection was translated with, and the flow names that service. Sockets the
+/// socket-level hooks connected straight to a backend name nothing, as Hubble names
+/// nothing for a backend address.
 struct FlowDecoder {
     let clock = EventRing.WallClock()
 
@@ -60,6 +81,14 @@ struct FlowDecoder {
 
         f.source = endpoint(e.source, identity: e.sourceIdentity, c)
         f.destination = endpoint(e.destination, identity: e.destinationIdentity, c)
+        c.services.annotate(&f)
+        if let s = translatedFrom(e, c) {
+            if e.kind == .trace && e.traceReason == .reply {
+                if !f.hasSourceService { f.sourceService = s }
+            } else if !f.hasDestinationService {
+                f.destinationService = s
+            }
+        }
 
         var iface = Flow_NetworkInterface()
         iface.index = e.ifindex
@@ -116,6 +145,16 @@ struct FlowDecoder {
         b[8] = (b[8] & 0x3f) | 0x80     // RFC 4122 variant (the sequence's top two bits are 0)
         let hex = b.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }
         return [hex[0..<4], hex[4..<6], hex[6..<8], hex[8..<10], hex[10..<16]].map { $0.joined() }.joined(separator: "-")
+    }
+
+    /// The service a translated connection was sent to: the frontend id the datapath
+    /// reports with the event (per-packet translation at a pod, a node port), for the
+    /// packets of both directions (the reply comes from the service to its client).
+    /// Sockets the socket-level hooks connected straight to a backend were never
+    /// translated here and name nothing, as Hubble names nothing for a backend address.
+    private func translatedFrom(_ e: DatapathEvent, _ c: FlowContext) -> Flow_Service? {
+        guard e.frontendID != 0 else { return nil }
+        return c.frontendServices[e.frontendID]
     }
 
     private func attachDeniedBy(_ f: inout Flow_Flow, _ e: DatapathEvent, _ c: FlowContext) {

@@ -20,9 +20,14 @@ struct ObserveCommand: ParsableCommand {
             FILTERS (hubble's; a flag given twice means either value):
               --pod [ns/]prefix     from or to the pod (no ns/: -n's, else "default")
               --from-pod, --to-pod  one side only
-              -n, --namespace ns    from or to the namespace; with pods, their namespace
+              --service [ns/]prefix from or to the service (its cluster IP or node
+                                    port; no ns/: -n's, else "default")
+              --from-service, --to-service  one side only
+              -n, --namespace ns    from or to the namespace; with pods or services,
+                                    their namespace
               --from-namespace, --to-namespace
-              -A, --all-namespaces  pod names without ns/ match any namespace
+              -A, --all-namespaces  pod and service names without ns/ match any
+                                    namespace
               --ip, --from-ip, --to-ip ip|cidr    (from: also the SNATed source)
               -l, --label, --from-label, --to-label selector
                                     e.g. 'app=web,tier in (a,b),!canary'

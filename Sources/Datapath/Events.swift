@@ -31,11 +31,16 @@ public struct DatapathEvent: Sendable, Hashable {
     public var length: UInt32
     /// The source the packet left with after NAT (nil: not translated).
     public var translatedSource: IPv4Address?
+    /// The service frontend (reverse-NAT id, lib/lb.h) a translated connection was sent
+    /// to; 0 = not translated by this node's programs.
+    public var frontendID: UInt16
 
-    static let size = 56
+    /// Bytes of the record; a 56-byte record (before the frontend id) still decodes.
+    static let size = 60
+    static let minimumSize = 56
 
     init?(bytes b: UnsafeRawBufferPointer) {
-        guard b.count >= Self.size, let kind = Kind(rawValue: b[0]) else { return nil }
+        guard b.count >= Self.minimumSize, let kind = Kind(rawValue: b[0]) else { return nil }
         func u16(_ o: Int) -> UInt16 { b.loadUnaligned(fromByteOffset: o, as: UInt16.self) }
         func u32(_ o: Int) -> UInt32 { b.loadUnaligned(fromByteOffset: o, as: UInt32.self) }
         self.kind = kind
@@ -58,5 +63,6 @@ public struct DatapathEvent: Sendable, Hashable {
         length = u32(48)
         let xlated = u32(52)
         translatedSource = xlated == 0 ? nil : IPv4Address(wire: xlated)
+        frontendID = b.count >= Self.size ? u16(56) : 0
     }
 }

@@ -78,12 +78,20 @@ struct CompiledFilter: Sendable {
             checks.append { m.matches($0.ip.destination) }
         }
         if !f.sourcePod.isEmpty {
-            let m = try PodMatcher(f.sourcePod, field: "source_pod")
-            checks.append { m.matches($0.source) }
+            let m = try NamespacedNameMatcher(f.sourcePod, field: "source_pod")
+            checks.append { m.matches(namespace: $0.source.namespace, name: $0.source.podName) }
         }
         if !f.destinationPod.isEmpty {
-            let m = try PodMatcher(f.destinationPod, field: "destination_pod")
-            checks.append { m.matches($0.destination) }
+            let m = try NamespacedNameMatcher(f.destinationPod, field: "destination_pod")
+            checks.append { m.matches(namespace: $0.destination.namespace, name: $0.destination.podName) }
+        }
+        if !f.sourceService.isEmpty {
+            let m = try NamespacedNameMatcher(f.sourceService, field: "source_service")
+            checks.append { m.matches(namespace: $0.sourceService.namespace, name: $0.sourceService.name) }
+        }
+        if !f.destinationService.isEmpty {
+            let m = try NamespacedNameMatcher(f.destinationService, field: "destination_service")
+            checks.append { m.matches(namespace: $0.destinationService.namespace, name: $0.destinationService.name) }
         }
         if !f.sourceLabel.isEmpty {
             let selectors = try f.sourceLabel.map { try LabelSelector($0, field: "source_label") }
@@ -157,10 +165,10 @@ struct CompiledFilter: Sendable {
             let globs = try f.nodeName.map { try NodeNameGlob($0) }
             checks.append { flow in globs.contains { $0.matches(flow.nodeName) } }
         }
-        // Fathom produces no DNS names, services, L7 (HTTP, DNS) or tracing data, so a
-        // filter on them can never hold: it matches nothing rather than everything, which
-        // is what a user asking for "only HTTP 500s" expects to see on a flow without HTTP.
-        let unsupported = [f.sourceFqdn, f.destinationFqdn, f.sourceService, f.destinationService,
+        // Fathom produces no DNS names, L7 (HTTP, DNS) or tracing data, so a filter on
+        // them can never hold: it matches nothing rather than everything, which is what a
+        // user asking for "only HTTP 500s" expects to see on a flow without HTTP.
+        let unsupported = [f.sourceFqdn, f.destinationFqdn,
                            f.httpStatusCode, f.httpMethod, f.httpPath, f.dnsQuery, f.traceID]
         if unsupported.contains(where: { !$0.isEmpty }) {
             checks.append { _ in false }
@@ -270,32 +278,36 @@ struct IPMatcher: Sendable {
     }
 }
 
-// MARK: - Pods
+// MARK: - Pods and services
 
-/// Hubble's pod filter values: "xwing" (a pod name prefix in the "default" namespace,
-/// as Hubble's `k8s.ParseNamespaceName` reads it), "kube-system/coredns-" (a prefix
-/// within a namespace), "kube-system/" (the whole namespace), "/xwing" (any namespace,
-/// as flow.proto documents it; Hubble's own code compares the empty namespace, which no
-/// pod has).
-struct PodMatcher: Sendable {
+/// Hubble's pod and service filter values (cilium v1.17 `filterByNamespacedName`, the
+/// same for source_pod, destination_pod, source_service and destination_service):
+/// "xwing" (a name prefix in the "default" namespace, as Hubble's `k8s.ParseNamespaceName`
+/// reads it), "kube-system/coredns-" (a prefix within a namespace), "kube-system/" (the
+/// whole namespace), "/xwing" (any namespace, as flow.proto documents it; Hubble's own
+/// code compares the empty namespace, which no pod or service has). A flow side without
+/// a pod (or service) matches none of them.
+struct NamespacedNameMatcher: Sendable {
     private let patterns: [(namespace: String?, prefix: String)]
 
     init(_ values: [String], field: String) throws {
+        let kind = field.hasSuffix("service") ? "service" : "pod"
         patterns = try values.map { value in
             let parts = value.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
             let namespace: String? = parts.count == 1 ? "default" : parts[0].isEmpty ? nil : String(parts[0])
             let prefix = String(parts.count == 2 ? parts[1] : parts[0])
             if value.isEmpty || (namespace == nil && prefix.isEmpty) {
-                throw FlowFilterError(field: field, value: value, reason: "expected [namespace/][pod-name-prefix], e.g. kube-system/coredns- or kube-system/")
+                let example = kind == "pod" ? "kube-system/coredns-" : "kube-system/kube-dns"
+                throw FlowFilterError(field: field, value: value, reason: "expected [namespace/][\(kind)-name-prefix], e.g. \(example) or kube-system/")
             }
             return (namespace, prefix)
         }
     }
 
-    func matches(_ endpoint: Flow_Endpoint) -> Bool {
-        if endpoint.namespace.isEmpty && endpoint.podName.isEmpty { return false }
+    func matches(namespace: String, name: String) -> Bool {
+        if namespace.isEmpty && name.isEmpty { return false }
         return patterns.contains { p in
-            (p.namespace == nil || p.namespace == endpoint.namespace) && endpoint.podName.hasPrefix(p.prefix)
+            (p.namespace == nil || p.namespace == namespace) && name.hasPrefix(p.prefix)
         }
     }
 }

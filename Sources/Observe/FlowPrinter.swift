@@ -180,14 +180,25 @@ public struct FlowPrinter: Sendable {
         return "\(months[(c.month ?? 1) - 1]) \(day < 10 ? " \(day)" : "\(day)") \(two(c.hour)):\(two(c.minute)):\(two(c.second)).\(ms)"
     }
 
-    /// "ns/pod:port" for pods, "ip:port" ("[ip6]:port") otherwise, as Hubble's Hostname.
+    /// "ns/pod:port" for pods, "ns/service:port" for a service's address, "ip:port"
+    /// ("[ip6]:port") otherwise, as Hubble's GetHostNames and Hostname: the pod comes
+    /// first, then the service; a side with a service takes the service's namespace,
+    /// also for its pod (Hubble's rule, kept so output compares line for line).
     func endpoint(_ f: Flow_Flow, source: Bool) -> String {
         let ep = source ? f.source : f.destination
         let ip = source ? f.ip.source : f.ip.destination
         let port = f.l4Ports.map { source ? $0.source : $0.destination } ?? 0
-        let host = !ep.podName.isEmpty ? "\(ep.namespace)/\(ep.podName)" : ip
+        var namespace = ep.namespace, service = ""
+        if source ? f.hasSourceService : f.hasDestinationService {
+            let s = source ? f.sourceService : f.destinationService
+            namespace = s.namespace
+            service = s.name
+        }
+        /// Go's path.Join of the two: no slash when the namespace is empty.
+        func join(_ name: String) -> String { namespace.isEmpty ? name : "\(namespace)/\(name)" }
+        let host = !ep.podName.isEmpty ? join(ep.podName) : !service.isEmpty ? join(service) : ip
         guard port != 0 else { return host }
-        return ep.podName.isEmpty && host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
     }
 
     /// "(ID:12345)" or, for Cilium's reserved identities, their name: "(world)".

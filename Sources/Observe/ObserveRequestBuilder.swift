@@ -35,15 +35,16 @@ public struct ObserveSelection: Sendable, Equatable {
 /// pure function: no server, no clock but the one passed in, so every rule is testable.
 ///
 /// Filter flags are read in order because `--not` negates the flag that follows it
-/// (that filter goes to the blacklist). Flags naming either side (`--pod`, `--ip`,
-/// `--label`, `--identity`, `--port`, `-n`) build two filters, one with the value as
+/// (that filter goes to the blacklist). Flags naming either side (`--pod`, `--service`,
+/// `--ip`, `--label`, `--identity`, `--port`, `-n`) build two filters, one with the value as
 /// source and one as destination, which the server ORs; every other flag (`--from-*`,
 /// `--to-*`, `--verdict`, `--protocol`, ...) goes into both, so `--pod web --verdict
 /// DROPPED` means "drops from or to web".
 ///
-/// Pod names without a namespace take the `-n` namespace(s), or "default" as hubble
-/// does, or any namespace with `-A`. When pods are named, `-n` only supplies their
-/// namespace; on its own it selects flows from or to the namespace.
+/// Pod and service names without a namespace take the `-n` namespace(s), or "default"
+/// as hubble does, or any namespace with `-A`. When pods or services are named, `-n`
+/// only supplies their namespace (as hubble's namespace flags do for both); on its own
+/// it selects flows from or to the namespace.
 public enum ObserveRequestBuilder {
     /// The default number of flows when no --last/--first/--all/--follow/--since/--until
     /// is given, as hubble.
@@ -148,6 +149,7 @@ public enum ObserveRequestBuilder {
     /// One filter flag, checked.
     enum Kind {
         case pod(String, Side)
+        case service(String, Side)
         case namespace(String, Side)
         case allNamespaces
         case ip(String, Side)
@@ -167,6 +169,9 @@ public enum ObserveRequestBuilder {
         (["--pod"], { _, v in .pod(try podValue(v, "--pod"), .either) }),
         (["--from-pod"], { _, v in .pod(try podValue(v, "--from-pod"), .source) }),
         (["--to-pod"], { _, v in .pod(try podValue(v, "--to-pod"), .destination) }),
+        (["--service"], { f, v in .service(try podValue(v, f), .either) }),
+        (["--from-service"], { f, v in .service(try podValue(v, f), .source) }),
+        (["--to-service"], { f, v in .service(try podValue(v, f), .destination) }),
         (["-n", "--namespace"], { f, v in .namespace(try namespaceValue(v, f), .either) }),
         (["--from-namespace"], { f, v in .namespace(try namespaceValue(v, f), .source) }),
         (["--to-namespace"], { f, v in .namespace(try namespaceValue(v, f), .destination) }),
@@ -247,7 +252,13 @@ public enum ObserveRequestBuilder {
     /// One list of filters (whitelist or blacklist) from its flags.
     static func build(_ flags: [Parsed], namespaces: [String], allNamespaces: Bool) -> [Flow_FlowFilter] {
         guard !flags.isEmpty else { return [] }
-        let podsNamed = flags.contains { if case .pod = $0.kind { true } else { false } }
+        let namesGiven = flags.contains {
+            switch $0.kind {
+            case .pod, .service: true
+            default: false
+            }
+        }
+        /// A pod or service name with its namespace(s).
         func pods(_ value: String) -> [String] {
             if value.contains("/") { return [value] }
             if !namespaces.isEmpty { return namespaces.map { "\($0)/\(value)" } }
@@ -273,9 +284,12 @@ public enum ObserveRequestBuilder {
             case .pod(let v, let side):
                 let values = pods(v)
                 add(side, source: { $0.sourcePod += values }, destination: { $0.destinationPod += values })
+            case .service(let v, let side):
+                let values = pods(v)
+                add(side, source: { $0.sourceService += values }, destination: { $0.destinationService += values })
             case .namespace(let ns, let side):
-                // With pods named, -n only gives their namespace (see pods(_:)).
-                if side == .either && podsNamed { continue }
+                // With pods or services named, -n only gives their namespace (see pods(_:)).
+                if side == .either && namesGiven { continue }
                 add(side, source: { $0.sourcePod.append(ns + "/") }, destination: { $0.destinationPod.append(ns + "/") })
             case .allNamespaces:
                 continue
@@ -299,7 +313,7 @@ public enum ObserveRequestBuilder {
     // MARK: - values
 
     static func podValue(_ v: String, _ flag: String) throws -> String {
-        do { _ = try PodMatcher([v], field: flag) } catch let e as FlowFilterError { throw ObserveFlagError(e) }
+        do { _ = try NamespacedNameMatcher([v], field: flag) } catch let e as FlowFilterError { throw ObserveFlagError(e) }
         return v
     }
 

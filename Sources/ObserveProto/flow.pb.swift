@@ -13,8 +13,8 @@
 // Message, field and enum names and numbers follow Cilium v1.17's
 // api/v1/flow/flow.proto (package "flow"), so Hubble clients decode what Fathom
 // sends and Fathom decodes what `hubble observe -o jsonpb` prints. Fields Fathom
-// does not produce (L7, services by name, workloads, ...) are left out; a decoder
-// skips unknown fields, so leaving them out never breaks the wire.
+// does not produce (L7, workloads, ...) are left out; a decoder skips unknown
+// fields, so leaving them out never breaks the wire.
 
 import SwiftProtobuf
 
@@ -743,6 +743,24 @@ public nonisolated struct Flow_Flow: @unchecked Sendable {
   /// Clears the value of `eventType`. Subsequent reads from it will return its default value.
   public mutating func clearEventType() {_uniqueStorage()._eventType = nil}
 
+  public var sourceService: Flow_Service {
+    get {_storage._sourceService ?? Flow_Service()}
+    set {_uniqueStorage()._sourceService = newValue}
+  }
+  /// Returns true if `sourceService` has been explicitly set.
+  public var hasSourceService: Bool {_storage._sourceService != nil}
+  /// Clears the value of `sourceService`. Subsequent reads from it will return its default value.
+  public mutating func clearSourceService() {_uniqueStorage()._sourceService = nil}
+
+  public var destinationService: Flow_Service {
+    get {_storage._destinationService ?? Flow_Service()}
+    set {_uniqueStorage()._destinationService = newValue}
+  }
+  /// Returns true if `destinationService` has been explicitly set.
+  public var hasDestinationService: Bool {_storage._destinationService != nil}
+  /// Clears the value of `destinationService`. Subsequent reads from it will return its default value.
+  public mutating func clearDestinationService() {_uniqueStorage()._destinationService = nil}
+
   public var trafficDirection: Flow_TrafficDirection {
     get {_storage._trafficDirection}
     set {_uniqueStorage()._trafficDirection = newValue}
@@ -886,6 +904,21 @@ public nonisolated struct Flow_Endpoint: Sendable {
   public var labels: [String] = []
 
   public var podName: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// The service a flow's address and port belong to (source_service, destination_service).
+public nonisolated struct Flow_Service: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var namespace: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1322,7 +1355,7 @@ nonisolated extension Flow_LostEventSource: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Flow_Flow: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Flow"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}time\0\u{1}verdict\0\u{3}drop_reason\0\u{1}ethernet\0\u{1}IP\0\u{1}l4\0\u{2}\u{2}source\0\u{1}destination\0\u{1}Type\0\u{3}node_name\0\u{4}\u{2}source_names\0\u{3}destination_names\0\u{2}\u{2}reply\0\u{4}\u{3}event_type\0\u{4}\u{3}traffic_direction\0\u{3}policy_match_type\0\u{3}trace_observation_point\0\u{3}drop_reason_desc\0\u{3}is_reply\0\u{2}\u{2}interface\0\u{2}\u{6}uuid\0\u{4}gG\u{5}egress_allowed_by\0\u{3}ingress_allowed_by\0\u{4}\u{2}egress_denied_by\0\u{3}ingress_denied_by\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}time\0\u{1}verdict\0\u{3}drop_reason\0\u{1}ethernet\0\u{1}IP\0\u{1}l4\0\u{2}\u{2}source\0\u{1}destination\0\u{1}Type\0\u{3}node_name\0\u{4}\u{2}source_names\0\u{3}destination_names\0\u{2}\u{2}reply\0\u{4}\u{3}event_type\0\u{3}source_service\0\u{3}destination_service\0\u{3}traffic_direction\0\u{3}policy_match_type\0\u{3}trace_observation_point\0\u{3}drop_reason_desc\0\u{3}is_reply\0\u{2}\u{2}interface\0\u{2}\u{6}uuid\0\u{4}gG\u{5}egress_allowed_by\0\u{3}ingress_allowed_by\0\u{4}\u{2}egress_denied_by\0\u{3}ingress_denied_by\0")
 
   fileprivate class _StorageClass {
     var _time: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
@@ -1340,6 +1373,8 @@ nonisolated extension Flow_Flow: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
     var _destinationNames: [String] = []
     var _reply: Bool = false
     var _eventType: Flow_CiliumEventType? = nil
+    var _sourceService: Flow_Service? = nil
+    var _destinationService: Flow_Service? = nil
     var _trafficDirection: Flow_TrafficDirection = .unknown
     var _policyMatchType: UInt32 = 0
     var _traceObservationPoint: Flow_TraceObservationPoint = .unknownPoint
@@ -1375,6 +1410,8 @@ nonisolated extension Flow_Flow: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
       _destinationNames = source._destinationNames
       _reply = source._reply
       _eventType = source._eventType
+      _sourceService = source._sourceService
+      _destinationService = source._destinationService
       _trafficDirection = source._trafficDirection
       _policyMatchType = source._policyMatchType
       _traceObservationPoint = source._traceObservationPoint
@@ -1417,6 +1454,8 @@ nonisolated extension Flow_Flow: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
         case 14: try { try decoder.decodeRepeatedStringField(value: &_storage._destinationNames) }()
         case 16: try { try decoder.decodeSingularBoolField(value: &_storage._reply) }()
         case 19: try { try decoder.decodeSingularMessageField(value: &_storage._eventType) }()
+        case 20: try { try decoder.decodeSingularMessageField(value: &_storage._sourceService) }()
+        case 21: try { try decoder.decodeSingularMessageField(value: &_storage._destinationService) }()
         case 22: try { try decoder.decodeSingularEnumField(value: &_storage._trafficDirection) }()
         case 23: try { try decoder.decodeSingularUInt32Field(value: &_storage._policyMatchType) }()
         case 24: try { try decoder.decodeSingularEnumField(value: &_storage._traceObservationPoint) }()
@@ -1482,6 +1521,12 @@ nonisolated extension Flow_Flow: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
       try { if let v = _storage._eventType {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 19)
       } }()
+      try { if let v = _storage._sourceService {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+      } }()
+      try { if let v = _storage._destinationService {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
+      } }()
       if _storage._trafficDirection != .unknown {
         try visitor.visitSingularEnumField(value: _storage._trafficDirection, fieldNumber: 22)
       }
@@ -1539,6 +1584,8 @@ nonisolated extension Flow_Flow: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
         if _storage._destinationNames != rhs_storage._destinationNames {return false}
         if _storage._reply != rhs_storage._reply {return false}
         if _storage._eventType != rhs_storage._eventType {return false}
+        if _storage._sourceService != rhs_storage._sourceService {return false}
+        if _storage._destinationService != rhs_storage._destinationService {return false}
         if _storage._trafficDirection != rhs_storage._trafficDirection {return false}
         if _storage._policyMatchType != rhs_storage._policyMatchType {return false}
         if _storage._traceObservationPoint != rhs_storage._traceObservationPoint {return false}
@@ -1726,6 +1773,41 @@ nonisolated extension Flow_Endpoint: SwiftProtobuf.Message, SwiftProtobuf._Messa
     if lhs.namespace != rhs.namespace {return false}
     if lhs.labels != rhs.labels {return false}
     if lhs.podName != rhs.podName {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flow_Service: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Service"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}namespace\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.namespace) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.namespace.isEmpty {
+      try visitor.visitSingularStringField(value: self.namespace, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flow_Service, rhs: Flow_Service) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.namespace != rhs.namespace {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

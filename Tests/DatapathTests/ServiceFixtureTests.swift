@@ -90,6 +90,7 @@ struct ServiceFixtureTests {
         #expect(Array(r.packet[0..<6]) == b.podMAC.bytes, "delivered into b")
         let trace = try #require(try f.dp.flushEvents().first { $0.kind == .trace })
         #expect(trace.destination == b.ip && trace.destinationIdentity == b.identity && trace.ruleRef == 9)
+        #expect(trace.frontendID == 1, "the event names the frontend the connection was sent to")
 
         let ct = try f.dp.dumpConntrack()
         let svcEntry = try #require(ct.first { $0.isService })
@@ -113,6 +114,7 @@ struct ServiceFixtureTests {
         #expect(Array(r.packet[0..<6]) == a.podMAC.bytes)
         let trace = try #require(try f.dp.flushEvents().first { $0.kind == .trace })
         #expect(trace.traceReason == .reply && trace.translatedSource == Self.vip && trace.source == b.ip)
+        #expect(trace.frontendID == 1)
     }
 
     @Test func udpServiceIsTranslatedBothWays() throws {
@@ -249,6 +251,7 @@ struct ServiceFixtureTests {
         #expect(Array(r.packet[0..<6]) == HostRoutingTests.NodeNamespace.remoteNodeMAC.bytes, "to the backend's node")
         let trace = try #require(try f.dp.flushEvents().first { $0.kind == .trace })
         #expect(trace.translatedSource == Fixture.config.node && trace.source == Self.client)
+        #expect(trace.frontendID != 0, "a node port to a remote backend names its frontend too")
         let nat = try f.dp.dumpNAT()
         #expect(nat.count == 2)
         #expect(nat.contains { $0.direction == .reply && $0.destinationPort == natPort && $0.translated == Self.client && $0.translatedPort == 50000 })

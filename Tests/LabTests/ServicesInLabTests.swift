@@ -1,6 +1,8 @@
 import Testing
 import Foundation
 import Model
+import Observe
+import ObserveProto
 import Synchronization
 @testable import LabKit
 
@@ -158,6 +160,57 @@ extension LabTests {
         #expect(out.status == 0, "\(out.stdout)\(out.stderr)")
         ct = try rows()
         #expect(ct.contains { $0[1].hasPrefix(client + ":") && $0[2] == "10.96.0.30:80" }, "service entry of the per-packet path: \(ct)")
+    }
+
+    /// `fathom observe --to-service` finds a pod's connection to a cluster IP translated
+    /// per packet: the flow to the backend names the service it was sent to. A socket the
+    /// socket-level hooks connected straight to the backend names none, as Hubble names
+    /// none for a backend address.
+    @Test func observeToServiceShowsThePerPacketConnection() throws {
+        let t = try TestLab(tag: "svcobs")
+        defer { t.down() }
+        try t.must(["lab", "pod", "add", "default/web", "--node", "node2", "--labels", "app=web", "--serve", "tcp:8080"])
+        try t.must(["lab", "pod", "add", "default/client", "--node", "node1"])
+        let web = try ip(t, "default/web"), client = try ip(t, "default/client")
+        try t.must(["apply", "-f", "-"], input: """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: web}
+        spec:
+          clusterIP: 10.96.0.40
+          selector: {app: web}
+          ports: [{port: 80, targetPort: 8080}]
+        """)
+        /// The flows `fathom observe` prints as jsonpb, asked again until `done` holds.
+        func flows(_ filters: [String], until done: ([Flow_Flow]) -> Bool) throws -> [Flow_Flow] {
+            var got: [Flow_Flow] = []
+            for _ in 0..<30 {
+                let out = try t.must(["observe", "--all", "-o", "jsonpb"] + filters)
+                got = try FlowJSONLines.decodeAll(out, source: "observe").map(\.flow)
+                if done(got) { break }
+                usleep(100_000)
+            }
+            return got
+        }
+        // The socket path first: its flows carry the backend and name no service.
+        #expect(try seen(t, "default/client", "10.96.0.40", port: 80, count: 1) == [client])
+        let direct = try flows(["--from-pod", "default/client", "--to-pod", "default/web"]) { !$0.isEmpty }
+        #expect(!direct.isEmpty && direct.allSatisfy { !$0.hasDestinationService }, "\(direct)")
+        #expect(try flows(["--to-service", "default/web"]) { _ in true }.isEmpty)
+
+        // The per-packet path (a process of the pod outside the lab's cgroups).
+        let code = "import socket; s = socket.create_connection((\"10.96.0.40\", 80), timeout=2); print(s.recv(64).decode())"
+        let out = try t.run(["lab", "exec", "default/client", "--", "python3", "-c", code])
+        #expect(out.status == 0, "\(out.stdout)\(out.stderr)")
+        let isSYN: (Flow_Flow) -> Bool = {
+            $0.ip.source == client && $0.ip.destination == web && $0.l4.tcp.destinationPort == 8080
+                && $0.l4.tcp.flags.syn && !$0.l4.tcp.flags.ack
+        }
+        let named = try flows(["--to-service", "default/web"]) { $0.contains(where: isSYN) }
+        let syn = try #require(named.first(where: isSYN), "the SYN to the backend, named by --to-service: \(named)")
+        #expect(syn.destinationService.name == "web" && syn.destinationService.namespace == "default")
+        #expect(syn.nodeName == "node1", "the node that translated it")
+        #expect(try flows(["--service", "default/web"]) { $0.contains(where: isSYN) }.contains(where: isSYN))
     }
 
     @Test func backendsComeAndGoWhileAClientLoops() throws {

@@ -10,7 +10,9 @@ import SwiftProtobuf
 /// prod/web-5f8 (10.0.2.20, fd00::20, identity 23456, node2), kube-system/coredns-abc
 /// (10.0.0.53, identity 102), prod/db-0 (10.0.2.40, identity 40001, denied by a deny
 /// policy) and the world (203.0.113.5, SNATed to the node's 192.168.101.101);
-/// default/tiefighter (10.0.1.30, identity 30001) is denied by default deny.
+/// default/tiefighter (10.0.1.30, identity 30001) is denied by default deny. The client
+/// reached web through the service prod/web, and coredns through kube-system/kube-dns,
+/// whose answer is named as coming from the service.
 struct FilterTable {
     static let base: Int64 = 1_795_654_800   // 2026-11-26T01:00:00Z
 
@@ -25,7 +27,10 @@ struct FilterTable {
         // 0: TCP SYN client -> web, delivered to web's endpoint (request)
         flow(0, client, web, "10.0.1.10", "10.0.2.20", .tcp(43210, 8080, syn: true), .forwarded, trace: .toEndpoint,
              direction: .ingress, reply: false, node: "node1",
-             modify: { $0.ingressAllowedBy = [policy("allow-web", "prod", "NetworkPolicy")] }),
+             modify: {
+                 $0.ingressAllowedBy = [policy("allow-web", "prod", "NetworkPolicy")]
+                 $0.destinationService = service("web", "prod")
+             }),
         // 1: its reply, SYN-ACK web -> client
         flow(1, web, client, "10.0.2.20", "10.0.1.10", .tcp(8080, 43210, syn: true, ack: true), .forwarded, trace: .toEndpoint,
              direction: .egress, reply: true, node: "node1"),
@@ -34,10 +39,10 @@ struct FilterTable {
              direction: .egress, reply: false, node: "node2"),
         // 3: DNS query client -> coredns
         flow(3, client, coredns, "10.0.1.10", "10.0.0.53", .udp(55000, 53), .forwarded, trace: .toEndpoint,
-             direction: .egress, reply: false, node: "node1"),
+             direction: .egress, reply: false, node: "node1", modify: { $0.destinationService = service("kube-dns", "kube-system") }),
         // 4: DNS answer coredns -> client
         flow(4, coredns, client, "10.0.0.53", "10.0.1.10", .udp(53, 55000), .forwarded, trace: .toEndpoint,
-             direction: .ingress, reply: true, node: "node1"),
+             direction: .ingress, reply: true, node: "node1", modify: { $0.sourceService = service("kube-dns", "kube-system") }),
         // 5: ping client -> web
         flow(5, client, web, "10.0.1.10", "10.0.2.20", .icmp(8), .forwarded, trace: .toEndpoint,
              direction: .ingress, reply: false, node: "node2"),
@@ -124,6 +129,18 @@ struct FilterTable {
         ("namespace prefix and to-label", ["--from-pod", "prod/", "--to-label", "k8s:k8s-app=kube-dns"], [3]),
         ("pod either side and from-ip", ["--pod", "prod/web", "--from-ip", "10.0.1.30"], [6, 10]),
         ("flag=value form", ["--verdict=DROPPED", "--protocol=tcp"], [6, 7, 10]),
+        ("to-service", ["--to-service", "kube-system/kube-dns"], [3]),
+        ("from-service", ["--from-service", "kube-system/kube-dns"], [4]),
+        ("service either side", ["--service", "kube-system/kube-dns"], [3, 4]),
+        ("to-service name prefix", ["--to-service", "prod/we"], [0]),
+        ("to-service namespace", ["--to-service", "kube-system/"], [3]),
+        ("service without namespace is in default", ["--service", "web"], []),
+        ("service with -n", ["--to-service", "web", "-n", "prod"], [0]),
+        ("service in any namespace with -A", ["--service", "kube-dns", "-A"], [3, 4]),
+        ("from-service is not to-service", ["--from-service", "prod/web"], []),
+        ("not to-service", ["--not", "--to-service", "prod/web"], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]),
+        ("from-pod and to-service", ["--from-pod", "prod/client", "--to-service", "kube-system/kube-dns"], [3]),
+        ("service, not ingress", ["--service", "kube-system/kube-dns", "--not", "--traffic-direction", "ingress"], [3]),
     ]
 
     // MARK: building flows
@@ -143,6 +160,13 @@ struct FilterTable {
             $0.namespace = ns
             $0.podName = pod
             $0.labels = labels
+        }
+    }
+
+    static func service(_ name: String, _ ns: String) -> Flow_Service {
+        .with {
+            $0.name = name
+            $0.namespace = ns
         }
     }
 

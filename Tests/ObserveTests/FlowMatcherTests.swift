@@ -45,6 +45,19 @@ import ObserveProto
         #expect(try selected([.with { $0.destinationPod = ["default/web"] }]) == [])
     }
 
+    @Test func serviceFilterForms() throws {
+        #expect(try selected([.with { $0.destinationService = ["kube-system/kube-dns"] }]) == [3])
+        #expect(try selected([.with { $0.destinationService = ["kube-dns"] }]) == [])           // default/kube-dns
+        #expect(try selected([.with { $0.destinationService = ["/kube"] }]) == [3])             // any namespace, a prefix
+        #expect(try selected([.with { $0.sourceService = ["kube-system/"] }]) == [4])
+        #expect(try selected([.with { $0.destinationService = ["prod/web", "kube-system/"] }]) == [0, 3])
+        // the service is its own field: the pod on that side does not count
+        #expect(try selected([.with { $0.destinationService = ["prod/web-5f8"] }]) == [])
+        #expect(try selected([.with { $0.destinationPod = ["prod/web"]; $0.destinationService = ["prod/web"] }]) == [0])
+        // flows without a service match no service filter, so a negated one keeps them
+        #expect(try selected([], [.with { $0.sourceService = ["/kube"] }]) == FilterTable.all.filter { $0 != 4 })
+    }
+
     @Test(arguments: [
         ("node1", "node1", true), ("node*", "node12", true), ("node*", "node1.lab", false),
         ("*1", "node1", true), ("*1", "node2", false), ("fathom/node2", "node2", true),
@@ -91,6 +104,8 @@ import ObserveProto
         (Flow_FlowFilter.with { $0.nodeName = ["Node1"] }, "invalid node_name \"Node1\""),
         (Flow_FlowFilter.with { $0.sourcePod = ["/"] }, "invalid source_pod \"/\""),
         (Flow_FlowFilter.with { $0.destinationPod = [""] }, "invalid destination_pod \"\""),
+        (Flow_FlowFilter.with { $0.sourceService = ["/"] }, "invalid source_service \"/\""),
+        (Flow_FlowFilter.with { $0.destinationService = [""] }, "invalid destination_service \"\""),
     ])
     func badValuesAreRefusedNamingFieldAndValue(_ filter: Flow_FlowFilter, _ message: String) {
         do {

@@ -126,6 +126,33 @@ import SwiftProtobuf
         #expect(p.finish() == "")
     }
 
+    /// A flow to a service's address (no pod there) is printed by the service's name, as
+    /// Hubble's Hostname does; a pod on that side still comes first (flow 0).
+    @Test func aServiceAddressIsPrintedByTheServiceName() throws {
+        var f = FilterTable.flows[0]
+        f.destination = FilterTable.world
+        f.ip.destination = "10.96.0.10"
+        f.l4.tcp.destinationPort = 80
+        f.traceObservationPoint = .fromEndpoint
+        f.eventType.subType = 5
+        var compact = FlowPrinter(timeZone: utc)
+        #expect(compact.format(.with { $0.flow = f }) == "Nov 26 01:00:00.123: prod/client-7d9:43210 (ID:12345) -> prod/web:80 (world) from-endpoint FORWARDED (TCP Flags: SYN)\n")
+        var reply = f
+        reply.isReply = .init(true)
+        (reply.ip.source, reply.ip.destination) = (f.ip.destination, f.ip.source)
+        (reply.source, reply.destination) = (f.destination, f.source)
+        (reply.l4.tcp.sourcePort, reply.l4.tcp.destinationPort) = (80, 43210)
+        reply.clearDestinationService()
+        reply.sourceService = FilterTable.service("web", "prod")
+        #expect(compact.format(.with { $0.flow = reply })?.contains("prod/client-7d9:43210 (ID:12345) <- prod/web:80 (world)") == true)
+        var dict = FlowPrinter(format: .dict, timeZone: utc)
+        #expect(dict.format(.with { $0.flow = f })?.contains("DESTINATION: prod/web:80\n") == true)
+        var table = FlowPrinter(format: .table, timeZone: utc, streaming: true)
+        #expect(table.format(.with { $0.flow = f })?.contains("\tprod/web:80\t") == true)
+        var json = FlowPrinter(format: .jsonpb)
+        #expect(json.format(.with { $0.flow = f })?.contains(#""destination_service":{"name":"web","namespace":"prod"}"#) == true)
+    }
+
     @Test func jsonAndJsonpbAreOneResponseALineWithProtoFieldNames() throws {
         let r = Observer_GetFlowsResponse.with {
             $0.flow = .with {

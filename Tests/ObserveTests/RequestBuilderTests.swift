@@ -56,6 +56,18 @@ import SwiftProtobuf
         #expect(try filters(["--from-namespace", "prod"]).whitelist == [.with { $0.sourcePod = ["prod/"] }])
     }
 
+    @Test func serviceFlagsTakeNamespacesAsPodFlagsDo() throws {
+        #expect(try filters(["--service", "prod/web"]).whitelist
+            == [.with { $0.sourceService = ["prod/web"] }, .with { $0.destinationService = ["prod/web"] }])
+        #expect(try filters(["--from-service", "kube-dns"]).whitelist == [.with { $0.sourceService = ["default/kube-dns"] }])
+        #expect(try filters(["-A", "--to-service", "kube-dns"]).whitelist == [.with { $0.destinationService = ["/kube-dns"] }])
+        // -n supplies the namespace of services as of pods, and then selects nothing itself
+        #expect(try filters(["--to-service", "web", "-n", "prod", "--from-pod", "client"]).whitelist
+            == [.with { $0.sourcePod = ["prod/client"]; $0.destinationService = ["prod/web"] }])
+        #expect(try filters(["--not", "--to-service", "prod/web"]).blacklist == [.with { $0.destinationService = ["prod/web"] }])
+        #expect(throws: ObserveFlagError.self) { try filters(["--to-service", "/"]) }
+    }
+
     @Test func valueConversions() throws {
         let (w, _) = try filters(["--type", "trace:to-endpoint", "-t", "drop:133", "--type", "policy-verdict",
                                   "--tcp-flags", "SYN,ack", "--ip-version", "v6", "--traffic-direction", "Ingress",

@@ -44,6 +44,8 @@ struct fth_event {
 	__u32 rule_ref;
 	__u32 pkt_len;
 	__u32 xlated_saddr;     /* source after NAT (network order), 0 = not translated */
+	__u16 frontend_id;      /* service frontend (rev-NAT id) of a translated connection, 0 = none */
+	__u16 pad;
 };
 
 /* Written by the programs; drained by the agent. */
@@ -152,6 +154,8 @@ static __always_inline void emit_event(struct __sk_buff *skb, const struct fth_c
 	e->rule_ref = c->rule_ref;
 	e->pkt_len = skb->len;
 	e->xlated_saddr = c->xlated_saddr;
+	e->frontend_id = c->rev_nat_id;
+	e->pad = 0;
 	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 }
 
