@@ -282,4 +282,74 @@ struct ServiceFixtureTests {
         let r = try f.fromNetdev(p)
         #expect(r.verdict == TC.ok && r.packet == p)
     }
+
+    // MARK: hairpin (a pod reaching itself through a service)
+
+    static let loopback = IPv4Address(169, 254, 42, 1)
+
+    /// Pod a, default-deny both ways, behind the cluster IP service 10.96.0.10:80 -> a:8080.
+    func selfService(_ f: Fixture, proto: UInt8) throws -> EndpointEntry {
+        var a = Fixture.a
+        a.ingressEnforced = true
+        a.egressEnforced = true
+        try f.dp.updateEndpoint(a)
+        try f.dp.upsertLBBackend(LBBackendEntry(id: 3, ip: a.ip, port: 8080, proto: proto))
+        try f.dp.upsertLBService(LBServiceEntry(address: Self.vip, port: 80, proto: proto, id: 1, backendCount: 1,
+                                                affinityTimeout: nil, localOnly: false, reverseAddress: Self.vip, reversePort: 80),
+                                 table: Self.table([3]))
+        return a
+    }
+
+    @Test func aPodReachingItselfThroughItsServiceComesFromTheLoopbackAddress() throws {
+        let f = try Fixture()
+        let a = try selfService(f, proto: IPProtocol.tcp)
+        // Without the loopback source the pod would get a packet from itself to itself.
+        let r = try f.fromContainer(a, Self.tcp(a.ip, Self.vip, 40000, 80))
+        #expect(r.verdict == TC.redirect, "delivered, though a's policy denies everything: Cilium skips policy for hairpin")
+        #expect(Self.src(r.packet) == Self.loopback && Self.sport(r.packet) == 40000)
+        #expect(Self.dst(r.packet) == a.ip && Self.dport(r.packet) == 8080)
+        #expect(Self.checksumsValid(r.packet), "IPv4 and TCP checksums fixed for both addresses")
+        #expect(Array(r.packet[0..<6]) == a.podMAC.bytes, "back into the pod itself")
+        let events = try f.dp.flushEvents()
+        #expect(!events.contains { $0.kind == .drop })
+        let trace = try #require(events.first { $0.kind == .trace })
+        #expect(trace.source == a.ip && trace.translatedSource == Self.loopback && trace.destination == a.ip && trace.destinationPort == 8080)
+        let conn = try #require(try f.dp.dumpConntrack().first { !$0.isService })
+        #expect(conn.source == Self.loopback && conn.sourcePort == 40000 && conn.destination == a.ip && conn.revNatID == 1)
+
+        // The pod answers the loopback address: it gets the answer from the cluster IP.
+        let synAck = try f.fromContainer(a, Self.tcp(a.ip, Self.loopback, 8080, 40000, flags: 0x12))
+        #expect(synAck.verdict == TC.redirect)
+        #expect(Self.src(synAck.packet) == Self.vip && Self.sport(synAck.packet) == 80)
+        #expect(Self.dst(synAck.packet) == a.ip && Self.dport(synAck.packet) == 40000)
+        #expect(Self.checksumsValid(synAck.packet))
+        #expect(Array(synAck.packet[0..<6]) == a.podMAC.bytes)
+        let reply = try #require(try f.dp.flushEvents().first { $0.kind == .trace })
+        #expect(reply.traceReason == .reply && reply.translatedSource == Self.vip && reply.destinationIdentity == a.identity)
+
+        // The rest of the connection takes the same way.
+        let ack = try f.fromContainer(a, Self.tcp(a.ip, Self.vip, 40000, 80, flags: 0x10))
+        #expect(ack.verdict == TC.redirect && Self.src(ack.packet) == Self.loopback && Self.checksumsValid(ack.packet))
+        #expect(try f.drops().isEmpty)
+    }
+
+    @Test func udpHairpinBothWays() throws {
+        let f = try Fixture()
+        let a = try selfService(f, proto: IPProtocol.udp)
+        let r = try f.fromContainer(a, Self.udp(a.ip, Self.vip, 5000, 80))
+        #expect(r.verdict == TC.redirect)
+        #expect(Self.src(r.packet) == Self.loopback && Self.sport(r.packet) == 5000)
+        #expect(Self.dst(r.packet) == a.ip && Self.dport(r.packet) == 8080)
+        #expect(Self.checksumsValid(r.packet))
+        let back = try f.fromContainer(a, Self.udp(a.ip, Self.loopback, 8080, 5000))
+        #expect(back.verdict == TC.redirect)
+        #expect(Self.src(back.packet) == Self.vip && Self.sport(back.packet) == 80)
+        #expect(Self.dst(back.packet) == a.ip && Self.dport(back.packet) == 5000)
+        #expect(Self.checksumsValid(back.packet))
+        // A datagram without a checksum (0) keeps none.
+        let bare = try f.fromContainer(a, packet(a.ip, Self.vip).udp(sport: 5001, dport: 80))
+        #expect(Self.src(bare.packet) == Self.loopback && bare.packet[40] == 0 && bare.packet[41] == 0)
+        #expect(Packet.checksum(Array(bare.packet[14..<34])) == 0)
+        #expect(try f.drops().isEmpty)
+    }
 }
