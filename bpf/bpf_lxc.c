@@ -13,7 +13,9 @@
  * service frontend back as its source. A pod whose service connection lands on
  * itself (hairpin) gets it from the service loopback address, without policy, as
  * in Cilium; its reply comes back here and is delivered to it with the frontend as
- * source (lib/lb.h). ARP always passes; other non-IPv4 traffic is dropped.
+ * source (lib/lb.h). A reply to the node's own connection to a cluster IP (source-
+ * NATed on the uplink) gets its original destination and the frontend back before
+ * it goes up the stack. ARP always passes; other non-IPv4 traffic is dropped.
  *
  * to-container (tcx egress): what the kernel stack delivers to the pod (from the
  * node itself, or routed, or redirected here by another pod's from-container);
@@ -35,6 +37,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct fth_ctx *c)
 {
 	struct endpoint_info *src, *dst;
+	struct fth_flow f;
 	__u8 trace;
 	int ret, hairpin;
 
@@ -76,6 +79,13 @@ static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct fth
 	if (ret)
 		return drop(skb, c, ret, FTH_DIR_EGRESS);
 	if (!dst) {
+		f = c->flow;
+		/* a reply to the node's own service connection, source-NATed on the uplink */
+		if (c->is_reply && c->flow.daddr == fth_node_ip) {
+			ret = lb4_nat_reverse(skb, c, &f);
+			if (ret < 0)
+				return drop(skb, c, -ret, FTH_DIR_EGRESS);
+		}
 		/* leaving the cluster through another node's egress gateway: sent there
 		 * untranslated (lib/egress.h) */
 		__u8 reason = 0;
@@ -83,7 +93,7 @@ static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct fth
 
 		if (reason)
 			return drop(skb, c, reason, FTH_DIR_EGRESS);
-		ret = fib_forward_ipv4_via(skb, &c->flow, via);
+		ret = fib_forward_ipv4_via(skb, &f, via);
 		if (ret < 0)
 			return drop(skb, c, -ret, FTH_DIR_EGRESS);
 		return forward(skb, c, trace, ret);

@@ -352,4 +352,78 @@ struct ServiceFixtureTests {
         #expect(Packet.checksum(Array(bare.packet[14..<34])) == 0)
         #expect(try f.drops().isEmpty)
     }
+
+    // MARK: the node's own connections to a cluster IP (no socket hook)
+
+    static let node = Fixture.config.node
+
+    @Test func theNodeReachesALocalBackendThroughToNetdev() throws {
+        let f = try Fixture()
+        try service(f, backends: [1])
+        let syn = Self.tcp(Self.node, Self.vip, 45000, 80)
+        let out = try f.dp.testRun(.toNetdev, packet: syn)
+        #expect(out.verdict == TC.redirect, "to b's host veth")
+        #expect(Self.dst(out.packet) == b.ip && Self.dport(out.packet) == 8080)
+        #expect(Self.src(out.packet) == Self.node, "still from the node's address")
+        let port = Self.sport(out.packet)
+        #expect((1024...29999).contains(port), "with a port of the NAT engine")
+        #expect(Self.checksumsValid(out.packet))
+        #expect(Array(out.packet[0..<6]) == b.podMAC.bytes && Array(out.packet[6..<12]) == b.hostMAC.bytes)
+        let trace = try #require(try f.dp.flushEvents().first { $0.kind == .trace })
+        #expect(trace.observationPoint == .toNetdev && trace.sourceIdentity == ReservedIdentity.host)
+        #expect(trace.destination == b.ip && trace.destinationIdentity == b.identity)
+        #expect(try f.dp.dumpNAT().contains { $0.direction == .reply && $0.destinationPort == port && $0.translatedPort == 45000 && $0.revNatID == 1 })
+
+        // b's host veth delivers it (to-container: the node may reach its pods, b's
+        // ingress policy notwithstanding); b's answer comes back from the cluster IP.
+        #expect(try f.toContainer(out.packet).verdict == TC.ok)
+        let back = try f.fromContainer(b, Self.tcp(b.ip, Self.node, 8080, port, flags: 0x12))
+        #expect(back.verdict == TC.ok, "up the stack")
+        #expect(Self.src(back.packet) == Self.vip && Self.sport(back.packet) == 80)
+        #expect(Self.dst(back.packet) == Self.node && Self.dport(back.packet) == 45000)
+        #expect(Self.checksumsValid(back.packet))
+        #expect(try f.drops().isEmpty)
+
+        // The same connection keeps its backend and port.
+        let ack = try f.dp.testRun(.toNetdev, packet: Self.tcp(Self.node, Self.vip, 45000, 80, flags: 0x10))
+        #expect(Self.dst(ack.packet) == b.ip && Self.sport(ack.packet) == port)
+    }
+
+    @Test func theNodeReachesARemoteBackendAndItsReplyIsTranslatedBack() throws {
+        let ns = try HostRoutingTests.NodeNamespace()
+        defer { ns.remove() }
+        let f = try Fixture()
+        try service(f, backends: [2])
+        let out = try ns.run {
+            try f.dp.testRun(.toNetdev, packet: Self.tcp(Self.node, Self.vip, 45001, 80), context: Fixture.context(ifindex: ns.uplinkIndex))
+        }
+        #expect(out.verdict == TC.ok, "on its way out of the uplink")
+        #expect(Self.dst(out.packet) == Fixture.remotePod && Self.dport(out.packet) == 8080)
+        #expect(Self.src(out.packet) == Self.node)
+        let port = Self.sport(out.packet)
+        #expect((1024...29999).contains(port))
+        #expect(Self.checksumsValid(out.packet))
+        #expect(Array(out.packet[0..<6]) == HostRoutingTests.NodeNamespace.remoteNodeMAC.bytes, "to the backend's node, not the default gateway")
+        #expect(Array(out.packet[6..<12]) == ns.uplinkMAC.bytes)
+        #expect(out.packet[22] == 64, "sent, not forwarded: TTL kept")
+
+        // The backend's reply arrives on the uplink: the socket's port and the cluster IP back, then the stack.
+        let reply = Self.tcp(Fixture.remotePod, Self.node, 8080, port, flags: 0x12)
+        let back = try ns.run { try f.dp.testRun(.fromNetdev, packet: reply, context: Fixture.context(ingressIfindex: ns.uplinkIndex)) }
+        #expect(back.verdict == TC.ok)
+        #expect(Self.src(back.packet) == Self.vip && Self.sport(back.packet) == 80)
+        #expect(Self.dst(back.packet) == Self.node && Self.dport(back.packet) == 45001)
+        #expect(Self.checksumsValid(back.packet))
+    }
+
+    @Test func theNodesOtherTrafficAndServicesWithoutBackends() throws {
+        let f = try Fixture()
+        try service(f, backends: [])
+        let r = try f.dp.testRun(.toNetdev, packet: Self.tcp(Self.node, Self.vip, 45002, 80))
+        #expect(r.verdict == TC.shot)
+        #expect(try f.drops().first?.dropReason == .serviceBackendNotFound)
+        let other = Self.tcp(Self.node, Self.vip, 45003, 443)
+        #expect(try f.dp.testRun(.toNetdev, packet: other).packet == other, "not a frontend: untouched")
+        #expect(try f.dp.dumpNAT().isEmpty)
+    }
 }

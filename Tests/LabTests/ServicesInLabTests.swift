@@ -228,6 +228,49 @@ extension LabTests {
         #expect(try seen(t, "default/self", "10.96.0.40", port: 80, count: 1) == [me])
     }
 
+    @Test func theNodeReachesClusterIPsWithoutTheSocketHook() throws {
+        let t = try TestLab(tag: "nsvc")
+        defer { t.down() }
+        try t.must(["lab", "pod", "add", "default/near", "--node", "node1", "--labels", "app=near", "--serve", "tcp:8080,udp:5353"])
+        try t.must(["lab", "pod", "add", "default/far", "--node", "node2", "--labels", "app=far", "--serve", "tcp:8080,udp:5353"])
+        try t.must(["apply", "-f", "-"], input: """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: near}
+        spec:
+          clusterIP: 10.96.0.41
+          selector: {app: near}
+          ports:
+          - {name: http, port: 80, targetPort: 8080}
+          - {name: dns, protocol: UDP, port: 53, targetPort: 5353}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: far}
+        spec:
+          clusterIP: 10.96.0.42
+          selector: {app: far}
+          ports:
+          - {name: http, port: 80, targetPort: 8080}
+          - {name: dns, protocol: UDP, port: 53, targetPort: 5353}
+        """)
+        // `lab probe` from a node runs in the node's namespace outside the lab's cgroups:
+        // no socket hook, the uplink's to-netdev translates. The backend sees the node's
+        // address, whether it is a pod on this node or on the other one.
+        for vip in ["10.96.0.41", "10.96.0.42"] {
+            #expect(try seen(t, "node1", vip, port: 80, count: 4) == Array(repeating: Self.node1, count: 4), "tcp \(vip)")
+            #expect(try seen(t, "node1", vip, port: 53, proto: "udp", count: 2) == [Self.node1, Self.node1], "udp \(vip)")
+        }
+        #expect(try seen(t, "node2", "10.96.0.41", port: 80, count: 2) == [Self.node2, Self.node2], "node2 to a backend on node1")
+        let ct = try conntrack(t, node: "node1")
+        #expect(ct.contains { $0[1].hasPrefix(Self.node1 + ":") && $0[2] == "10.96.0.41:80" }, "translated per packet: \(ct)")
+        // A process of the node in a socket of its own (lab exec) as well: the answer
+        // comes from the cluster IP it dialled.
+        let code = "import socket; s = socket.create_connection((\"10.96.0.42\", 80), timeout=2); print(s.getpeername()[0], s.recv(64).decode().strip())"
+        let out = try t.run(["lab", "exec", "node1", "--", "python3", "-c", code])
+        #expect(out.status == 0 && out.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "10.96.0.42 \(Self.node1)", "\(out.stdout)\(out.stderr)")
+    }
+
     @Test func backendsComeAndGoWhileAClientLoops() throws {
         let t = try TestLab(tag: "churn")
         defer { t.down() }

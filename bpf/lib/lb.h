@@ -22,6 +22,12 @@
  * is not enforced on it (a pod may always reach itself through a service); conntrack
  * is.
  *
+ * The node's own connections to a cluster IP that no socket hook translated leave
+ * through the uplink: to-netdev translates them (bpf_host.c) with a source port from
+ * the NAT engine, so that their replies, from a pod here (from-container) or from
+ * another node (from-netdev), find the reply entry that names the frontend
+ * (lb4_nat_reverse).
+ *
  * The agent writes every map here; the programs write only conntrack and affinity.
  */
 #pragma once
@@ -294,4 +300,31 @@ static __always_inline int lb4_reverse(struct __sk_buff *skb, struct fth_ctx *c)
 	}
 	c->xlated_saddr = rev->addr;
 	return nat_rewrite(skb, &f, 0, rev->addr, rev->port);
+}
+
+/* A reply to a connection this node translated and source-NATed to its own address
+ * (a node port sent to a backend on another node; the node's own connection to a
+ * cluster IP): *f (a copy of c->flow) gets its original destination back, and the
+ * frontend as its source when the connection was for a service. Returns 1 when it was
+ * such a reply (c->rev_nat_id, c->xlated_saddr set), 0 when not, or a negative drop
+ * reason. */
+static __always_inline int lb4_nat_reverse(struct __sk_buff *skb, struct fth_ctx *c, struct fth_flow *f)
+{
+	__u16 rev_id = 0;
+	__u32 id;
+	struct lb4_rev *rev;
+	int ret = snat4_reverse(skb, f, &rev_id);
+
+	if (ret <= 0)
+		return ret;
+	c->rev_nat_id = rev_id;
+	id = rev_id;
+	rev = id ? bpf_map_lookup_elem(&fth_lb4_rev_v1, &id) : 0;
+	if (rev) {
+		c->xlated_saddr = rev->addr;
+		ret = nat_rewrite(skb, f, 0, rev->addr, rev->port);
+		if (ret)
+			return -ret;
+	}
+	return 1;
 }
