@@ -5,6 +5,9 @@
  *   1. replies to connections this node source-NATed (a node port forwarded to a
  *      backend on another node) get their client back as destination and the node
  *      port as source, and leave again with bpf_fib_lookup + bpf_redirect(_neigh);
+ *      a reply to the node's own connection to a cluster IP (translated by
+ *      to-netdev) gets its socket's port and the cluster IP back and goes up the
+ *      stack;
  *   2. a node port on this node's address is translated to a backend (lib/lb.h): a
  *      local one gets the packet straight (client address kept); a remote one gets
  *      it from this node's address (SNAT, lib/nat.h), unless the service's
@@ -49,30 +52,19 @@ static __always_inline int to_local_endpoint(struct __sk_buff *skb, struct fth_c
 	return forward(skb, c, trace, ret);
 }
 
-/* Step 1: a reply to a node port connection this node sent to another node.
+/* Step 1: a reply to a node port connection this node sent to another node, or to
+ * the node's own connection to a cluster IP with a backend on another node.
  * Returns 1 when it was one (*verdict set), 0 when not, or a negative drop reason. */
 static __always_inline int nodeport_reply(struct __sk_buff *skb, struct fth_ctx *c, int *verdict)
 {
 	struct fth_flow f = c->flow;
-	__u16 rev_id = 0;
-	int ret = snat4_reverse(skb, &f, &rev_id);
+	int ret = lb4_nat_reverse(skb, c, &f);
 
 	if (ret <= 0)
 		return ret;
-	c->rev_nat_id = rev_id;
 	c->is_reply = 1;
 	c->dst_identity = ipcache_identity(f.daddr);
-	if (rev_id) {
-		__u32 id = rev_id;
-		struct lb4_rev *rev = bpf_map_lookup_elem(&fth_lb4_rev_v1, &id);
-
-		if (rev) {
-			c->xlated_saddr = rev->addr;
-			ret = nat_rewrite(skb, &f, 0, rev->addr, rev->port);
-			if (ret)
-				return -ret;
-		}
-	}
+	/* the node's own connection (its address again): the stack takes it */
 	ret = fib_forward_ipv4(skb, &f);
 	if (ret < 0)
 		return ret;
@@ -189,15 +181,53 @@ int fth_from_netdev(struct __sk_buff *skb)
 	return from_netdev_ipv4(skb, &c);
 }
 
+/* The node's own connection to a cluster IP, which no socket hook translated (a
+ * process outside the agent's cgroup): the stack routed it towards the default gateway.
+ * It is translated here to a backend (lib/lb.h), with a source port from the NAT
+ * engine (lib/nat.h) so that its replies find a reply entry naming the frontend, and
+ * sent where the backend is: a local pod through its host veth (to-container tracks it
+ * and applies the pod's ingress policy, host is allowed), another node's pod on the
+ * FIB's next hop. Replies come back through from-container or from-netdev. */
+static __always_inline int host_to_service(struct __sk_buff *skb, struct fth_ctx *c, struct lb4_service *svc)
+{
+	struct endpoint_info *dst;
+	struct lb4_backend *be;
+	struct fth_flow f;
+	__u8 trace, reason = 0;
+	int ret;
+
+	c->src_identity = FTH_ID_HOST;
+	be = lb4_select(svc, &c->flow, &trace, &reason);
+	if (!be)
+		return drop(skb, c, reason, FTH_DIR_EGRESS);
+	c->rev_nat_id = (__u16)svc->id;
+	ret = nat_rewrite(skb, &c->flow, 1, be->addr, be->port);
+	if (ret)
+		return drop(skb, c, ret, FTH_DIR_EGRESS);
+	dst = endpoint_lookup(c->flow.daddr);
+	c->endpoint_id = dst ? dst->ep_id : 0;
+	c->dst_identity = dst ? dst->identity : ipcache_identity(c->flow.daddr);
+	f = c->flow;
+	ret = snat4(skb, &f, fth_node_ip, (__u16)svc->id);
+	if (ret)
+		return drop(skb, c, ret, FTH_DIR_EGRESS);
+	ret = dst ? endpoint_deliver_from_host(skb, dst) : fib_reroute_output(skb, &f);
+	if (ret < 0)
+		return drop(skb, c, -ret, FTH_DIR_EGRESS);
+	return forward(skb, c, trace, ret);
+}
+
 /* to-netdev (tcx egress on the uplink): a pod's packet leaving the cluster gets a
  * node's source here (masquerade, or the egress IP when this node is its gateway);
- * one on its way to another node's gateway, the node's own traffic and replies pass
- * untouched (lib/egress.h). */
+ * the node's own packet to a cluster IP is translated to a backend; one on its way
+ * to another node's gateway, the node's other traffic and replies pass untouched
+ * (lib/egress.h). */
 SEC("tc")
 int fth_to_netdev(struct __sk_buff *skb)
 {
 	struct fth_ctx c = { .obs_point = FTH_OBS_TO_NETDEV, .direction = FTH_DIR_EGRESS };
 	struct endpoint_info *src;
+	struct lb4_service *svc;
 	struct fth_flow f;
 	__u8 trace = 0, reason = 0;
 	__u32 nat_addr;
@@ -207,6 +237,10 @@ int fth_to_netdev(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (parse_ipv4(skb, &c.flow))
 		return TC_ACT_OK;       /* not a pod's to judge here: from-container did */
+	if (c.flow.saddr == fth_node_ip) {
+		svc = lb4_lookup(c.flow.daddr, c.flow.dport, c.flow.proto);
+		return svc ? host_to_service(skb, &c, svc) : TC_ACT_OK;
+	}
 	if (!in_cluster_cidr(c.flow.saddr) || !egress_leaves_cluster(c.flow.daddr) || ct_is_reply(&c.flow))
 		return TC_ACT_OK;
 	src = endpoint_lookup(c.flow.saddr);

@@ -10,8 +10,12 @@
  * bpf_redirect / bpf_redirect_neigh to the egress device, lib/fib.h); what the
  * FIB does not forward (the node's own addresses, unreachable, ...) goes up the
  * stack. A reply of a translated connection (a backend answering) gets the
- * service frontend back as its source. ARP always passes; other non-IPv4 traffic
- * is dropped.
+ * service frontend back as its source. A pod whose service connection lands on
+ * itself (hairpin) gets it from the service loopback address, without policy, as
+ * in Cilium; its reply comes back here and is delivered to it with the frontend as
+ * source (lib/lb.h). A reply to the node's own connection to a cluster IP (source-
+ * NATed on the uplink) gets its original destination and the frontend back before
+ * it goes up the stack. ARP always passes; other non-IPv4 traffic is dropped.
  *
  * to-container (tcx egress): what the kernel stack delivers to the pod (from the
  * node itself, or routed, or redirected here by another pod's from-container);
@@ -33,8 +37,9 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct fth_ctx *c)
 {
 	struct endpoint_info *src, *dst;
+	struct fth_flow f;
 	__u8 trace;
-	int ret;
+	int ret, hairpin;
 
 	ret = parse_ipv4(skb, &c->flow);
 	if (ret)
@@ -50,6 +55,7 @@ static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct fth
 	ret = lb4_from_pod(skb, c);
 	if (ret)
 		return drop(skb, c, ret, FTH_DIR_EGRESS);
+	hairpin = c->xlated_saddr && c->xlated_saddr == fth_lb_loopback_ip;
 	dst = endpoint_lookup(c->flow.daddr);
 	if (dst)
 		c->dst_identity = dst->identity;
@@ -60,13 +66,30 @@ static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct fth
 		return drop(skb, c, FTH_DROP_ENDPOINT_LOCKDOWN, FTH_DIR_INGRESS);
 	}
 
-	ret = ct_and_policy(c, src, dst, &trace);
+	/* Hairpin: tracked on the loopback tuple, no policy either way (Cilium skips it:
+	 * a pod may always reach itself through a service); events show the pod as the
+	 * source and the loopback address as the translated one. */
+	ret = ct_and_policy(c, hairpin ? 0 : src, hairpin ? 0 : dst, &trace);
+	if (hairpin)
+		c->flow.saddr = c->flow.daddr;
 	if (ret)
 		return drop(skb, c, ret, c->direction);
+	if (lb4_is_hairpin_reply(c)) {
+		dst = src;
+		c->dst_identity = src->identity;
+		c->lazy &= ~FTH_LAZY_DST;       /* the pod, not the loopback address's identity */
+	}
 	ret = lb4_reverse(skb, c);
 	if (ret)
 		return drop(skb, c, ret, FTH_DIR_EGRESS);
 	if (!dst) {
+		f = c->flow;
+		/* a reply to the node's own service connection, source-NATed on the uplink */
+		if (c->is_reply && c->flow.daddr == fth_node_ip) {
+			ret = lb4_nat_reverse(skb, c, &f);
+			if (ret < 0)
+				return drop(skb, c, -ret, FTH_DIR_EGRESS);
+		}
 		/* leaving the cluster through another node's egress gateway: sent there
 		 * untranslated (lib/egress.h) */
 		__u8 reason = 0;
@@ -74,7 +97,7 @@ static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct fth
 
 		if (reason)
 			return drop(skb, c, reason, FTH_DIR_EGRESS);
-		ret = fib_forward_ipv4_via(skb, &c->flow, via);
+		ret = fib_forward_ipv4_via(skb, &f, via);
 		if (ret < 0)
 			return drop(skb, c, -ret, FTH_DIR_EGRESS);
 		return forward(skb, c, trace, ret);

@@ -50,11 +50,15 @@ kind: Service
 metadata: {name: pod-a, namespace: default}
 spec:
   type: NodePort
+  clusterIP: 10.96.0.100
   selector: {app: a}
   ports: [{port: 80, targetPort: 80, nodePort: 30000}]
 YAML
 flow "external-to-pod (203.0.113.5 -> node1:30000 -> pod-a)"     external 192.168.101.101 --port 30000
 flow "external-to-pod (203.0.113.5 -> node2:30000 -> pod-a)"     external 192.168.101.102 --port 30000
+# The nodes' own processes have no socket hook: their uplink translates the cluster IP.
+flow "node-to-service, local backend (node1 -> 10.96.0.100)"     node1 10.96.0.100 --port 80
+flow "node-to-service, remote backend (node2 -> 10.96.0.100)"    node2 10.96.0.100 --port 80
 # Pod to external: masquerade to the node's address, then the seed's egress gateway.
 flow "pod-to-external, masquerade (pod-b -> 203.0.113.5)"        default/pod-b external --port 80
 $fathom lab node label node1 egress.fathom.io/gateway=true --lab "$lab" >/dev/null

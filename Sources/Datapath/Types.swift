@@ -10,6 +10,9 @@ public struct DatapathConfig: Sendable {
     public var pinDirectory: String
     /// Slots of every service's Maglev table (a prime).
     public var maglevTableSize = 1021
+    /// The source of hairpin connections, a pod reaching itself through a service on
+    /// the per-packet path (Cilium's `--ipv4-service-loopback-address`, same default).
+    public var serviceLoopback = IPv4Address(169, 254, 42, 1)
 
     public init(nodeIP: IPv4Address, routerIP: IPv4Address, podCIDR: IPv4Prefix,
                 clusterCIDR: IPv4Prefix, pinDirectory: String) {

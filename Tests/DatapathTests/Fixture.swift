@@ -71,10 +71,12 @@ final class Fixture {
         try? NodeDatapath.removePins(at: pinDirectory)
     }
 
-    /// `struct __sk_buff` for the test run with `ingress_ifindex` (offset 36) set.
-    static func context(ingressIfindex: Int32) -> [UInt8] {
+    /// `struct __sk_buff` for the test run with `ingress_ifindex` (offset 36) and
+    /// `ifindex` (offset 40: the device the packet is on, e.g. for an egress program) set.
+    static func context(ingressIfindex: Int32 = 0, ifindex: Int32 = 0) -> [UInt8] {
         var ctx = [UInt8](repeating: 0, count: 192)
         withUnsafeBytes(of: UInt32(bitPattern: ingressIfindex).littleEndian) { ctx.replaceSubrange(36..<40, with: $0) }
+        withUnsafeBytes(of: UInt32(bitPattern: ifindex).littleEndian) { ctx.replaceSubrange(40..<44, with: $0) }
         return ctx
     }
 

@@ -285,4 +285,148 @@ struct ServiceFixtureTests {
         let r = try f.fromNetdev(p)
         #expect(r.verdict == TC.ok && r.packet == p)
     }
+
+    // MARK: hairpin (a pod reaching itself through a service)
+
+    static let loopback = IPv4Address(169, 254, 42, 1)
+
+    /// Pod a, default-deny both ways, behind the cluster IP service 10.96.0.10:80 -> a:8080.
+    func selfService(_ f: Fixture, proto: UInt8) throws -> EndpointEntry {
+        var a = Fixture.a
+        a.ingressEnforced = true
+        a.egressEnforced = true
+        try f.dp.updateEndpoint(a)
+        try f.dp.upsertLBBackend(LBBackendEntry(id: 3, ip: a.ip, port: 8080, proto: proto))
+        try f.dp.upsertLBService(LBServiceEntry(address: Self.vip, port: 80, proto: proto, id: 1, backendCount: 1,
+                                                affinityTimeout: nil, localOnly: false, reverseAddress: Self.vip, reversePort: 80),
+                                 table: Self.table([3]))
+        return a
+    }
+
+    @Test func aPodReachingItselfThroughItsServiceComesFromTheLoopbackAddress() throws {
+        let f = try Fixture()
+        let a = try selfService(f, proto: IPProtocol.tcp)
+        // Without the loopback source the pod would get a packet from itself to itself.
+        let r = try f.fromContainer(a, Self.tcp(a.ip, Self.vip, 40000, 80))
+        #expect(r.verdict == TC.redirect, "delivered, though a's policy denies everything: Cilium skips policy for hairpin")
+        #expect(Self.src(r.packet) == Self.loopback && Self.sport(r.packet) == 40000)
+        #expect(Self.dst(r.packet) == a.ip && Self.dport(r.packet) == 8080)
+        #expect(Self.checksumsValid(r.packet), "IPv4 and TCP checksums fixed for both addresses")
+        #expect(Array(r.packet[0..<6]) == a.podMAC.bytes, "back into the pod itself")
+        let events = try f.dp.flushEvents()
+        #expect(!events.contains { $0.kind == .drop })
+        let trace = try #require(events.first { $0.kind == .trace })
+        #expect(trace.source == a.ip && trace.translatedSource == Self.loopback && trace.destination == a.ip && trace.destinationPort == 8080)
+        let conn = try #require(try f.dp.dumpConntrack().first { !$0.isService })
+        #expect(conn.source == Self.loopback && conn.sourcePort == 40000 && conn.destination == a.ip && conn.revNatID == 1)
+
+        // The pod answers the loopback address: it gets the answer from the cluster IP.
+        let synAck = try f.fromContainer(a, Self.tcp(a.ip, Self.loopback, 8080, 40000, flags: 0x12))
+        #expect(synAck.verdict == TC.redirect)
+        #expect(Self.src(synAck.packet) == Self.vip && Self.sport(synAck.packet) == 80)
+        #expect(Self.dst(synAck.packet) == a.ip && Self.dport(synAck.packet) == 40000)
+        #expect(Self.checksumsValid(synAck.packet))
+        #expect(Array(synAck.packet[0..<6]) == a.podMAC.bytes)
+        let reply = try #require(try f.dp.flushEvents().first { $0.kind == .trace })
+        #expect(reply.traceReason == .reply && reply.translatedSource == Self.vip && reply.destinationIdentity == a.identity)
+
+        // The rest of the connection takes the same way.
+        let ack = try f.fromContainer(a, Self.tcp(a.ip, Self.vip, 40000, 80, flags: 0x10))
+        #expect(ack.verdict == TC.redirect && Self.src(ack.packet) == Self.loopback && Self.checksumsValid(ack.packet))
+        #expect(try f.drops().isEmpty)
+    }
+
+    @Test func udpHairpinBothWays() throws {
+        let f = try Fixture()
+        let a = try selfService(f, proto: IPProtocol.udp)
+        let r = try f.fromContainer(a, Self.udp(a.ip, Self.vip, 5000, 80))
+        #expect(r.verdict == TC.redirect)
+        #expect(Self.src(r.packet) == Self.loopback && Self.sport(r.packet) == 5000)
+        #expect(Self.dst(r.packet) == a.ip && Self.dport(r.packet) == 8080)
+        #expect(Self.checksumsValid(r.packet))
+        let back = try f.fromContainer(a, Self.udp(a.ip, Self.loopback, 8080, 5000))
+        #expect(back.verdict == TC.redirect)
+        #expect(Self.src(back.packet) == Self.vip && Self.sport(back.packet) == 80)
+        #expect(Self.dst(back.packet) == a.ip && Self.dport(back.packet) == 5000)
+        #expect(Self.checksumsValid(back.packet))
+        // A datagram without a checksum (0) keeps none.
+        let bare = try f.fromContainer(a, packet(a.ip, Self.vip).udp(sport: 5001, dport: 80))
+        #expect(Self.src(bare.packet) == Self.loopback && bare.packet[40] == 0 && bare.packet[41] == 0)
+        #expect(Packet.checksum(Array(bare.packet[14..<34])) == 0)
+        #expect(try f.drops().isEmpty)
+    }
+
+    // MARK: the node's own connections to a cluster IP (no socket hook)
+
+    static let node = Fixture.config.node
+
+    @Test func theNodeReachesALocalBackendThroughToNetdev() throws {
+        let f = try Fixture()
+        try service(f, backends: [1])
+        let syn = Self.tcp(Self.node, Self.vip, 45000, 80)
+        let out = try f.dp.testRun(.toNetdev, packet: syn)
+        #expect(out.verdict == TC.redirect, "to b's host veth")
+        #expect(Self.dst(out.packet) == b.ip && Self.dport(out.packet) == 8080)
+        #expect(Self.src(out.packet) == Self.node, "still from the node's address")
+        let port = Self.sport(out.packet)
+        #expect((1024...29999).contains(port), "with a port of the NAT engine")
+        #expect(Self.checksumsValid(out.packet))
+        #expect(Array(out.packet[0..<6]) == b.podMAC.bytes && Array(out.packet[6..<12]) == b.hostMAC.bytes)
+        let trace = try #require(try f.dp.flushEvents().first { $0.kind == .trace })
+        #expect(trace.observationPoint == .toNetdev && trace.sourceIdentity == ReservedIdentity.host)
+        #expect(trace.destination == b.ip && trace.destinationIdentity == b.identity)
+        #expect(try f.dp.dumpNAT().contains { $0.direction == .reply && $0.destinationPort == port && $0.translatedPort == 45000 && $0.revNatID == 1 })
+
+        // b's host veth delivers it (to-container: the node may reach its pods, b's
+        // ingress policy notwithstanding); b's answer comes back from the cluster IP.
+        #expect(try f.toContainer(out.packet).verdict == TC.ok)
+        let back = try f.fromContainer(b, Self.tcp(b.ip, Self.node, 8080, port, flags: 0x12))
+        #expect(back.verdict == TC.ok, "up the stack")
+        #expect(Self.src(back.packet) == Self.vip && Self.sport(back.packet) == 80)
+        #expect(Self.dst(back.packet) == Self.node && Self.dport(back.packet) == 45000)
+        #expect(Self.checksumsValid(back.packet))
+        #expect(try f.drops().isEmpty)
+
+        // The same connection keeps its backend and port.
+        let ack = try f.dp.testRun(.toNetdev, packet: Self.tcp(Self.node, Self.vip, 45000, 80, flags: 0x10))
+        #expect(Self.dst(ack.packet) == b.ip && Self.sport(ack.packet) == port)
+    }
+
+    @Test func theNodeReachesARemoteBackendAndItsReplyIsTranslatedBack() throws {
+        let ns = try HostRoutingTests.NodeNamespace()
+        defer { ns.remove() }
+        let f = try Fixture()
+        try service(f, backends: [2])
+        let out = try ns.run {
+            try f.dp.testRun(.toNetdev, packet: Self.tcp(Self.node, Self.vip, 45001, 80), context: Fixture.context(ifindex: ns.uplinkIndex))
+        }
+        #expect(out.verdict == TC.ok, "on its way out of the uplink")
+        #expect(Self.dst(out.packet) == Fixture.remotePod && Self.dport(out.packet) == 8080)
+        #expect(Self.src(out.packet) == Self.node)
+        let port = Self.sport(out.packet)
+        #expect((1024...29999).contains(port))
+        #expect(Self.checksumsValid(out.packet))
+        #expect(Array(out.packet[0..<6]) == HostRoutingTests.NodeNamespace.remoteNodeMAC.bytes, "to the backend's node, not the default gateway")
+        #expect(Array(out.packet[6..<12]) == ns.uplinkMAC.bytes)
+        #expect(out.packet[22] == 64, "sent, not forwarded: TTL kept")
+
+        // The backend's reply arrives on the uplink: the socket's port and the cluster IP back, then the stack.
+        let reply = Self.tcp(Fixture.remotePod, Self.node, 8080, port, flags: 0x12)
+        let back = try ns.run { try f.dp.testRun(.fromNetdev, packet: reply, context: Fixture.context(ingressIfindex: ns.uplinkIndex)) }
+        #expect(back.verdict == TC.ok)
+        #expect(Self.src(back.packet) == Self.vip && Self.sport(back.packet) == 80)
+        #expect(Self.dst(back.packet) == Self.node && Self.dport(back.packet) == 45001)
+        #expect(Self.checksumsValid(back.packet))
+    }
+
+    @Test func theNodesOtherTrafficAndServicesWithoutBackends() throws {
+        let f = try Fixture()
+        try service(f, backends: [])
+        let r = try f.dp.testRun(.toNetdev, packet: Self.tcp(Self.node, Self.vip, 45002, 80))
+        #expect(r.verdict == TC.shot)
+        #expect(try f.drops().first?.dropReason == .serviceBackendNotFound)
+        let other = Self.tcp(Self.node, Self.vip, 45003, 443)
+        #expect(try f.dp.testRun(.toNetdev, packet: other).packet == other, "not a frontend: untouched")
+        #expect(try f.dp.dumpNAT().isEmpty)
+    }
 }

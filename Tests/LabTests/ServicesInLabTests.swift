@@ -213,6 +213,117 @@ extension LabTests {
         #expect(try flows(["--service", "default/web"]) { $0.contains(where: isSYN) }.contains(where: isSYN))
     }
 
+    /// Conntrack rows (PROTO, SOURCE, DESTINATION, ...) of a node.
+    func conntrack(_ t: TestLab, node: String) throws -> [[String]] {
+        let out = try t.must(["bpf", "ct", "--node", node, "-o", "json"])
+        return (try JSONSerialization.jsonObject(with: Data(out.utf8)) as! [String: Any])["rows"] as! [[String]]
+    }
+
+    @Test func aPodReachesItselfThroughItsServicePerPacket() throws {
+        let t = try TestLab(tag: "hair")
+        defer { t.down() }
+        try t.must(["lab", "pod", "add", "default/self", "--node", "node1", "--labels", "app=self", "--serve", "tcp:8080,udp:5353"])
+        try t.must(["lab", "pod", "add", "default/other", "--node", "node1", "--labels", "app=other", "--serve", "tcp:8080"])
+        let me = try ip(t, "default/self")
+        // Its policy admits nobody: as in Cilium, a pod reaching itself through a service is
+        // not subject to policy.
+        try t.must(["apply", "-f", "-"], input: """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: self}
+        spec:
+          clusterIP: 10.96.0.40
+          selector: {app: self}
+          ports:
+          - {name: http, port: 80, targetPort: 8080}
+          - {name: dns, protocol: UDP, port: 53, targetPort: 5353}
+        ---
+        apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
+        metadata: {name: self-deny-all}
+        spec:
+          podSelector: {matchLabels: {app: self}}
+          policyTypes: [Ingress, Egress]
+        """)
+        // A process of the pod outside the lab's cgroups (lab exec): no socket hook, the
+        // per-packet path translates. The only backend is the pod itself: it sees the
+        // connection come from the service loopback address, and the client sees the
+        // answer come from the cluster IP.
+        let tcp = """
+        import socket
+        for i in range(3):
+            s = socket.create_connection(("10.96.0.40", 80), timeout=2)
+            print(s.getpeername()[0], s.recv(64).decode().strip())
+            s.close()
+        """
+        var out = try t.run(["lab", "exec", "default/self", "--", "python3", "-c", tcp])
+        #expect(out.status == 0, "\(out.stdout)\(out.stderr)")
+        #expect(out.stdout.split(separator: "\n").map(String.init) == Array(repeating: "10.96.0.40 169.254.42.1", count: 3), "\(out.stdout)")
+        let udp = """
+        import socket
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(2)
+        for i in range(3):
+            s.sendto(b"probe\\n", ("10.96.0.40", 53))
+            data, peer = s.recvfrom(64)
+            print(peer[0], peer[1], data.decode().strip())
+        """
+        out = try t.run(["lab", "exec", "default/self", "--", "python3", "-c", udp])
+        #expect(out.status == 0, "\(out.stdout)\(out.stderr)")
+        #expect(out.stdout.split(separator: "\n").map(String.init) == Array(repeating: "10.96.0.40 53 169.254.42.1", count: 3), "\(out.stdout)")
+        let ct = try conntrack(t, node: "node1")
+        #expect(ct.contains { $0[1].hasPrefix(me + ":") && $0[2] == "10.96.0.40:80" }, "service entry of the per-packet path: \(ct)")
+        #expect(ct.contains { $0[0] == "17" && $0[1].hasPrefix("169.254.42.1:") && $0[2] == "\(me):5353" }, "\(ct)")
+        // Its policy is enforced on everything else: another pod is refused.
+        #expect(try t.probe("default/self", "default/other", port: 8080).status == 1)
+        // Through the socket hook (lab probe joins the node's cgroup) the connection never
+        // leaves the pod: it sees itself.
+        #expect(try seen(t, "default/self", "10.96.0.40", port: 80, count: 1) == [me])
+    }
+
+    @Test func theNodeReachesClusterIPsWithoutTheSocketHook() throws {
+        let t = try TestLab(tag: "nsvc")
+        defer { t.down() }
+        try t.must(["lab", "pod", "add", "default/near", "--node", "node1", "--labels", "app=near", "--serve", "tcp:8080,udp:5353"])
+        try t.must(["lab", "pod", "add", "default/far", "--node", "node2", "--labels", "app=far", "--serve", "tcp:8080,udp:5353"])
+        try t.must(["apply", "-f", "-"], input: """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: near}
+        spec:
+          clusterIP: 10.96.0.41
+          selector: {app: near}
+          ports:
+          - {name: http, port: 80, targetPort: 8080}
+          - {name: dns, protocol: UDP, port: 53, targetPort: 5353}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: far}
+        spec:
+          clusterIP: 10.96.0.42
+          selector: {app: far}
+          ports:
+          - {name: http, port: 80, targetPort: 8080}
+          - {name: dns, protocol: UDP, port: 53, targetPort: 5353}
+        """)
+        // `lab probe` from a node runs in the node's namespace outside the lab's cgroups:
+        // no socket hook, the uplink's to-netdev translates. The backend sees the node's
+        // address, whether it is a pod on this node or on the other one.
+        for vip in ["10.96.0.41", "10.96.0.42"] {
+            #expect(try seen(t, "node1", vip, port: 80, count: 4) == Array(repeating: Self.node1, count: 4), "tcp \(vip)")
+            #expect(try seen(t, "node1", vip, port: 53, proto: "udp", count: 2) == [Self.node1, Self.node1], "udp \(vip)")
+        }
+        #expect(try seen(t, "node2", "10.96.0.41", port: 80, count: 2) == [Self.node2, Self.node2], "node2 to a backend on node1")
+        let ct = try conntrack(t, node: "node1")
+        #expect(ct.contains { $0[1].hasPrefix(Self.node1 + ":") && $0[2] == "10.96.0.41:80" }, "translated per packet: \(ct)")
+        // A process of the node in a socket of its own (lab exec) as well: the answer
+        // comes from the cluster IP it dialled.
+        let code = "import socket; s = socket.create_connection((\"10.96.0.42\", 80), timeout=2); print(s.getpeername()[0], s.recv(64).decode().strip())"
+        let out = try t.run(["lab", "exec", "node1", "--", "python3", "-c", code])
+        #expect(out.status == 0 && out.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "10.96.0.42 \(Self.node1)", "\(out.stdout)\(out.stderr)")
+    }
+
     @Test func backendsComeAndGoWhileAClientLoops() throws {
         let t = try TestLab(tag: "churn")
         defer { t.down() }

@@ -58,3 +58,20 @@ static __always_inline int endpoint_deliver(struct __sk_buff *skb, const struct 
 	__builtin_memcpy(eth->h_source, ep->host_mac, ETH_ALEN);
 	return bpf_redirect_peer(ep->ifindex, 0);
 }
+
+/* Hands one of the node's own packets to a local pod from an egress hook (where
+ * bpf_redirect_peer cannot be used): MACs rewritten, then out of the pod's host veth,
+ * whose to-container program tracks it and checks the pod's ingress policy as for
+ * any packet from the node. No TTL change: the node sends it, it does not forward it. */
+static __always_inline int endpoint_deliver_from_host(struct __sk_buff *skb, const struct endpoint_info *ep)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return -FTH_DROP_INVALID_PACKET;
+	__builtin_memcpy(eth->h_dest, ep->pod_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, ep->host_mac, ETH_ALEN);
+	return bpf_redirect(ep->ifindex, 0);
+}

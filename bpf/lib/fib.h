@@ -89,3 +89,61 @@ static __always_inline int fib_forward_ipv4(struct __sk_buff *skb, const struct 
 {
 	return fib_forward_ipv4_via(skb, f, 0);
 }
+
+/* The node's own packet whose destination a program changed on an egress hook (after
+ * the stack routed it for the old one): routed again as the stack would for the new
+ * destination, with an output lookup and no TTL change (the node sends it, it does
+ * not forward it).
+ *
+ *   SUCCESS   MACs rewritten; the same device: TC_ACT_OK (it goes on where it was
+ *             going), another one: bpf_redirect() to its egress.
+ *   NO_NEIGH  bpf_redirect_neigh() with the FIB's next hop.
+ *   anything else: TC_ACT_OK, it leaves as the stack sent it.
+ *
+ * Returns a TC verdict or a negative drop reason. */
+static __always_inline int fib_reroute_output(struct __sk_buff *skb, const struct fth_flow *f)
+{
+	struct bpf_fib_lookup fib = {};
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	int rc;
+
+	if ((void *)(ip + 1) > data_end)
+		return -FTH_DROP_INVALID_PACKET;
+	fib.family = AF_INET;
+	fib.tos = ip->tos;
+	fib.l4_protocol = ip->protocol;
+	if (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP) {
+		fib.sport = bpf_htons(f->sport);
+		fib.dport = bpf_htons(f->dport);
+	}
+	fib.ifindex = skb->ifindex;
+	fib.ipv4_src = ip->saddr;
+	fib.ipv4_dst = ip->daddr;
+
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		struct bpf_redir_neigh nh = {
+			.nh_family = AF_INET,
+			.ipv4_nh = fib.ipv4_dst,
+		};
+		if (fib.family != AF_INET)
+			return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
+		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+	}
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return TC_ACT_OK;
+
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return -FTH_DROP_INVALID_PACKET;
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	if (fib.ifindex == skb->ifindex)
+		return TC_ACT_OK;
+	return bpf_redirect(fib.ifindex, 0);
+}

@@ -13,6 +13,21 @@
  * backend, from-netdev for replies from another node). A service without backends
  * drops with SERVICE_BACKEND_NOT_FOUND (158).
  *
+ * Hairpin (Cilium's "loopback LB"): a pod whose connection lands on itself would get a
+ * packet from its own address to its own address, which its kernel drops as a martian.
+ * Such a connection also gets the service loopback address (fth_lb_loopback_ip,
+ * Cilium's 169.254.42.1) as its source, keeping its port; its conntrack entry is
+ * keyed on that tuple, so the pod's reply to the loopback address is a reply there and
+ * gets the pod back as destination and the frontend as source. As in Cilium, policy
+ * is not enforced on it (a pod may always reach itself through a service); conntrack
+ * is.
+ *
+ * The node's own connections to a cluster IP that no socket hook translated leave
+ * through the uplink: to-netdev translates them (bpf_host.c) with a source port from
+ * the NAT engine, so that their replies, from a pod here (from-container) or from
+ * another node (from-netdev), find the reply entry that names the frontend
+ * (lb4_nat_reverse).
+ *
  * The agent writes every map here; the programs write only conntrack and affinity.
  */
 #pragma once
@@ -23,6 +38,9 @@
 
 /* Slots of every Maglev table (prime). The agent creates the tables this size. */
 const volatile __u32 fth_lb_maglev_m = 1021;
+/* Source of hairpin connections (a pod reaching itself through a service), network
+ * order; the loader sets it (Cilium's default, 169.254.42.1). */
+const volatile __u32 fth_lb_loopback_ip = 0;
 
 #define FTH_LB_F_AFFINITY 0x01  /* sessionAffinity ClientIP */
 #define FTH_LB_F_LOCAL    0x02  /* traffic policy Local: local backends, client address kept */
@@ -227,12 +245,15 @@ affinity:
 
 /* A pod's packet to a cluster IP (or to a node port on this node's address):
  * DNAT to the chosen backend. c->flow becomes the translated flow and c->rev_nat_id
- * the service's id. Returns 0 (translated, or not for a service) or a drop reason. */
+ * the service's id. When the backend is the pod itself (hairpin), the source becomes
+ * the loopback address too: c->flow.saddr and c->xlated_saddr are then
+ * fth_lb_loopback_ip. Returns 0 (translated, or not for a service) or a drop reason. */
 static __always_inline int lb4_from_pod(struct __sk_buff *skb, struct fth_ctx *c)
 {
 	struct lb4_service *svc;
 	struct lb4_backend *be;
 	__u8 trace, reason = 0;
+	int ret;
 
 	if (in_cluster_cidr(c->flow.daddr))
 		return 0;       /* a pod's address is never a frontend: no lookup */
@@ -245,23 +266,68 @@ static __always_inline int lb4_from_pod(struct __sk_buff *skb, struct fth_ctx *c
 	if (!be)
 		return reason;
 	c->rev_nat_id = (__u16)svc->id;
-	return nat_rewrite(skb, &c->flow, 1, be->addr, be->port);
+	ret = nat_rewrite(skb, &c->flow, 1, be->addr, be->port);
+	if (ret || c->flow.daddr != c->flow.saddr || !fth_lb_loopback_ip)
+		return ret;
+	c->xlated_saddr = fth_lb_loopback_ip;
+	return nat_rewrite(skb, &c->flow, 0, fth_lb_loopback_ip, c->flow.sport);
+}
+
+/* Is this (conntrack) reply one of a hairpin connection, on its way back to the pod
+ * that sent it? */
+static __always_inline int lb4_is_hairpin_reply(const struct fth_ctx *c)
+{
+	return c->is_reply && c->rev_nat_id && fth_lb_loopback_ip && c->flow.daddr == fth_lb_loopback_ip;
 }
 
 /* A reply of a translated connection (conntrack said so and gave c->rev_nat_id):
- * its source becomes the frontend again. c->flow keeps the source before (events
- * report the new one as xlated_saddr). Returns 0 or a drop reason. */
+ * its source becomes the frontend again; a hairpin reply also gets its pod (its own
+ * source) back as destination. c->flow keeps the addresses before (events report the
+ * new source as xlated_saddr). Returns 0 or a drop reason. */
 static __always_inline int lb4_reverse(struct __sk_buff *skb, struct fth_ctx *c)
 {
 	__u32 id = c->rev_nat_id;
 	struct fth_flow f = c->flow;
 	struct lb4_rev *rev;
+	int ret;
 
 	if (!c->is_reply || !id)
 		return 0;
 	rev = bpf_map_lookup_elem(&fth_lb4_rev_v1, &id);
 	if (!rev)
 		return 0;       /* the service is gone: the reply goes on untranslated */
+	if (lb4_is_hairpin_reply(c)) {
+		ret = nat_rewrite(skb, &f, 1, f.saddr, f.dport);
+		if (ret)
+			return ret;
+	}
 	c->xlated_saddr = rev->addr;
 	return nat_rewrite(skb, &f, 0, rev->addr, rev->port);
+}
+
+/* A reply to a connection this node translated and source-NATed to its own address
+ * (a node port sent to a backend on another node; the node's own connection to a
+ * cluster IP): *f (a copy of c->flow) gets its original destination back, and the
+ * frontend as its source when the connection was for a service. Returns 1 when it was
+ * such a reply (c->rev_nat_id, c->xlated_saddr set), 0 when not, or a negative drop
+ * reason. */
+static __always_inline int lb4_nat_reverse(struct __sk_buff *skb, struct fth_ctx *c, struct fth_flow *f)
+{
+	__u16 rev_id = 0;
+	__u32 id;
+	struct lb4_rev *rev;
+	int ret = snat4_reverse(skb, f, &rev_id);
+
+	if (ret <= 0)
+		return ret;
+	c->rev_nat_id = rev_id;
+	id = rev_id;
+	rev = id ? bpf_map_lookup_elem(&fth_lb4_rev_v1, &id) : 0;
+	if (rev) {
+		c->xlated_saddr = rev->addr;
+		ret = nat_rewrite(skb, f, 0, rev->addr, rev->port);
+		if (ret)
+			return -ret;
+	}
+	return 1;
 }
