@@ -124,7 +124,7 @@ let package = Package(
         .executableTarget(
             name: "fathom-agent",
             dependencies: [
-                "Agent", "Observe",
+                "Agent", "Observe", "Datapath",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

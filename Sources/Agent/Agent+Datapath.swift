@@ -14,9 +14,11 @@ extension Agent {
 
     func startDatapath(podCIDR: IPv4Prefix) throws {
         guard let pins = config.pinDirectory else { return }
-        let dp = try NodeDatapath(config: DatapathConfig(
+        var dpConfig = DatapathConfig(
             nodeIP: config.nodeAddress, routerIP: podCIDR.address(at: 1), podCIDR: podCIDR,
-            clusterCIDR: config.clusterCIDR, pinDirectory: pins))
+            clusterCIDR: config.clusterCIDR, pinDirectory: pins)
+        dpConfig.traceFlags = config.traceFlags
+        let dp = try NodeDatapath(config: dpConfig)
         guard let uplink = try netlink.link(named: config.uplink) else {
             throw AgentError("uplink \(config.uplink) is missing in the node's namespace")
         }

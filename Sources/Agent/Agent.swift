@@ -30,6 +30,8 @@ public struct AgentConfig: Sendable {
     public var pinDirectory: String?
     /// Flows kept for the Observer API (Hubble's default).
     public var flowRingCapacity = 4095
+    /// TCP flags whose first sighting per direction is a trace event (`--monitor-aggregation-flags`).
+    public var traceFlags = TCPFlagNames.defaultTrace
     /// Destinations pods reach without masquerade, besides the cluster's pod CIDR.
     public var nonMasqueradeCIDRs: [IPv4Prefix] = []
     /// Pod labels come from Kubernetes: an endpoint whose pod has not arrived from the API

@@ -85,6 +85,7 @@ public final class NodeDatapath: @unchecked Sendable {
             try spec.setGlobal("fth_cluster_cidr_mask", config.clusterCIDR.mask.bigEndian)
             try spec.setGlobal("fth_lb_maglev_m", UInt32(config.maglevTableSize))
             try spec.setGlobal("fth_lb_loopback_ip", config.serviceLoopback.wire)
+            try spec.setGlobal("fth_trace_flags", UInt32(config.traceFlags))
             return try spec.load(pinDirectory: config.pinDirectory)
         } catch let e as BPFError {
             throw e.context("datapath \(config.pinDirectory)")

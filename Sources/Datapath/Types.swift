@@ -13,6 +13,9 @@ public struct DatapathConfig: Sendable {
     /// The source of hairpin connections, a pod reaching itself through a service on
     /// the per-packet path (Cilium's `--ipv4-service-loopback-address`, same default).
     public var serviceLoopback = IPv4Address(169, 254, 42, 1)
+    /// TCP flags whose first sighting in a direction of a connection is a trace event
+    /// (Cilium's `--monitor-aggregation-flags`, its agent's default SYN, FIN, RST).
+    public var traceFlags: UInt8 = TCPFlagNames.defaultTrace
 
     public init(nodeIP: IPv4Address, routerIP: IPv4Address, podCIDR: IPv4Prefix,
                 clusterCIDR: IPv4Prefix, pinDirectory: String) {
@@ -242,4 +245,34 @@ public struct CounterEntry: Sendable, Hashable {
     public var direction: TrafficDirection?
     public var packets: UInt64
     public var bytes: UInt64
+}
+
+/// TCP flag names as Cilium's `--monitor-aggregation-flags` takes them.
+public enum TCPFlagNames {
+    public static let bits: [(name: String, bit: UInt8)] = [
+        ("fin", 0x01), ("syn", 0x02), ("rst", 0x04), ("psh", 0x08),
+        ("ack", 0x10), ("urg", 0x20), ("ece", 0x40), ("cwr", 0x80),
+    ]
+    /// SYN, FIN, RST: a connection's opening and closing.
+    public static let defaultTrace: UInt8 = 0x07
+
+    /// "syn,fin,rst", "all" or "none" (case-insensitive, commas or spaces); a failure
+    /// names the first word that is not a flag.
+    public static func parse(_ text: String) -> Result<UInt8, ParseError> {
+        var mask: UInt8 = 0
+        for word in text.lowercased().split(whereSeparator: { $0 == "," || $0 == " " }) {
+            switch word {
+            case "all": mask = 0xff
+            case "none": break
+            default:
+                guard let f = bits.first(where: { $0.name == word }) else { return .failure(ParseError(word: String(word))) }
+                mask |= f.bit
+            }
+        }
+        return .success(mask)
+    }
+
+    public struct ParseError: Error {
+        public let word: String
+    }
 }

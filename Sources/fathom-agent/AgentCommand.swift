@@ -3,6 +3,7 @@ import ArgumentParser
 import Logging
 import Model
 import Agent
+import Datapath
 import AgentAPI
 import ClusterStore
 import Observe
@@ -27,6 +28,8 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Unix socket of the Hubble Observer API (gRPC).") var hubbleSocket: String?
     @Option(help: "Also serve the Hubble Observer API on TCP, host:port (Hubble's port is 4244).") var hubbleListenAddress: String?
     @Option(help: "Flows kept in the observer's ring (Hubble's default 4095).") var hubbleRingCapacity = 4095
+    @Option(help: "TCP flags whose first sighting in each direction of a connection is a trace event, as Cilium's (syn,fin,rst,psh,ack,urg,ece,cwr, all or none).")
+    var monitorAggregationFlags = "syn,fin,rst"
     @Option(help: "Serve Prometheus metrics on http://host:port/metrics.") var metricsAddress: String?
     @Option(help: "A destination CIDR pods reach without masquerade (repeatable); the cluster's pod CIDR always is.")
     var nonMasqueradeCIDR: [String] = []
@@ -48,6 +51,9 @@ struct AgentCommand: AsyncParsableCommand {
             throw ValidationError("--non-masquerade-cidr '\(c)' is not an IPv4 CIDR such as 10.0.0.0/8")
         }
         if kubeconfig != nil && k8sInCluster { throw ValidationError("give --kubeconfig or --k8s-in-cluster, not both") }
+        if case .failure(let e) = TCPFlagNames.parse(monitorAggregationFlags) {
+            throw ValidationError("--monitor-aggregation-flags: '\(e.word)' is not a TCP flag; use syn, fin, rst, psh, ack, urg, ece, cwr, all or none, separated by commas")
+        }
         guard (1...1_048_575).contains(hubbleRingCapacity) else {
             throw ValidationError("--hubble-ring-capacity \(hubbleRingCapacity) is out of range: use 1 to 1048575 (Hubble's default is 4095)")
         }
@@ -63,6 +69,7 @@ struct AgentCommand: AsyncParsableCommand {
         config.uplink = uplink
         config.pinDirectory = noDatapath ? nil : pinDir
         config.flowRingCapacity = hubbleRingCapacity
+        if case .success(let flags) = TCPFlagNames.parse(monitorAggregationFlags) { config.traceFlags = flags }
         config.nonMasqueradeCIDRs = nonMasqueradeCIDR.compactMap { IPv4Prefix($0) }
         config.kubernetesMode = kubeconfig != nil || k8sInCluster
         config.socketLBCgroup = socketLbCgroup

@@ -50,14 +50,16 @@ final class Fixture {
     let pinDirectory: String
     let dp: NodeDatapath
 
-    init(endpoints: [EndpointEntry] = [Fixture.a, Fixture.b]) throws {
+    init(endpoints: [EndpointEntry] = [Fixture.a, Fixture.b], traceFlags: UInt8 = TCPFlagNames.defaultTrace) throws {
         let n = fixtureCounter.withLock { v in v += 1; return v }
         pinDirectory = "/sys/fs/bpf/fathom-test-\(getpid())-\(n)"
         try? NodeDatapath.removePins(at: pinDirectory)
         let c = Self.config
-        dp = try NodeDatapath(config: DatapathConfig(
+        var config = DatapathConfig(
             nodeIP: c.node, routerIP: c.router, podCIDR: c.pods, clusterCIDR: c.cluster,
-            pinDirectory: pinDirectory))
+            pinDirectory: pinDirectory)
+        config.traceFlags = traceFlags
+        dp = try NodeDatapath(config: config)
         for ep in endpoints {
             // Test runs need no attach: write the entries only.
             try dp.updateEndpoint(ep)

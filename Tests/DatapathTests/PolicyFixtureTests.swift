@@ -82,8 +82,11 @@ struct PolicyFixtureTests {
         let reply = try f.fromNetdev(packet(Fixture.remotePod, pod.ip).tcp(sport: 8080, dport: 41000, flags: 0x12))
         #expect(reply.verdict == TC.redirect)
         #expect(Array(reply.packet[0..<6]) == pod.podMAC.bytes)
-        // An established packet with a flag new to its direction is reported too.
+        // An established packet is reported when it carries a flag new to its direction
+        // among the reported ones (SYN, FIN, RST by default, as Cilium's agent): data
+        // (PSH|ACK) is not, the client's FIN is.
         #expect(try f.fromContainer(pod, packet(pod.ip, Fixture.remotePod).tcp(sport: 41000, dport: 8080, flags: 0x18)).verdict == TC.ok)
+        #expect(try f.fromContainer(pod, packet(pod.ip, Fixture.remotePod).tcp(sport: 41000, dport: 8080, flags: 0x11)).verdict == TC.ok)
         let traces = try f.dp.flushEvents().filter { $0.kind == .trace }
         #expect(traces.map(\.traceReason) == [.new, .reply, .established])
         // Identities the programs look up only when they report (the remote pod's from the
@@ -91,7 +94,7 @@ struct PolicyFixtureTests {
         #expect(traces.map(\.sourceIdentity) == [pod.identity, Fixture.remoteIdentity, pod.identity])
         #expect(traces.map(\.destinationIdentity) == [Fixture.remoteIdentity, pod.identity, Fixture.remoteIdentity])
         let ct = try #require(try f.dp.dumpConntrack().first)
-        #expect(ct.txPackets == 2 && ct.rxPackets == 1 && ct.seenReply)
+        #expect(ct.txPackets == 3 && ct.rxPackets == 1 && ct.seenReply)
         #expect(ct.ruleRef == 3)
         // A new connection the other way is not a reply: denied.
         #expect(try f.fromNetdev(packet(Fixture.remotePod, pod.ip).tcp(sport: 8080, dport: 41001)).verdict == TC.shot)
@@ -100,6 +103,18 @@ struct PolicyFixtureTests {
         #expect(try f.dp.collectExpiredConntrack() == 0)
         #expect(try f.dp.collectExpiredConntrack(now: NodeDatapath.monotonicSeconds() + 7 * 3600) == 1)
         #expect(try f.dp.dumpConntrack().isEmpty)
+    }
+
+    @Test func everyNewFlagIsReportedWhenTheAgentAsksForAll() throws {
+        let f = try Fixture(traceFlags: 0xff)
+        let remote = Fixture.remotePod
+        #expect(try f.fromNetdev(packet(remote, a.ip).tcp(sport: 8080, dport: 42000)).verdict == TC.redirect)
+        #expect(try f.fromNetdev(packet(remote, a.ip).tcp(sport: 8080, dport: 42000, flags: 0x10)).verdict == TC.redirect)
+        #expect(try f.fromNetdev(packet(remote, a.ip).tcp(sport: 8080, dport: 42000, flags: 0x18)).verdict == TC.redirect)
+        #expect(try f.fromNetdev(packet(remote, a.ip).tcp(sport: 8080, dport: 42000, flags: 0x18)).verdict == TC.redirect)
+        let traces = try f.dp.flushEvents().filter { $0.kind == .trace }
+        #expect(traces.map(\.traceReason) == [.new, .established, .established], "SYN, then ACK, then PSH: each new once")
+        #expect(traces.map(\.tcpFlags) == [0x02, 0x10, 0x18])
     }
 
     @Test func portRangeBoundaries() throws {
@@ -200,5 +215,16 @@ struct PolicyFixtureTests {
             PolicyEntry(key: PolicyKey(remoteIdentity: a.identity, direction: .ingress), verdict: .allow),
         ], delete: [])
         #expect(try f.fromContainer(a, packet(a.ip, b.ip).udp(sport: 9, dport: 9)).verdict == TC.redirect)
+    }
+}
+
+@Suite struct TCPFlagNamesTests {
+    @Test func ciliumsFlagNamesAllAndNone() throws {
+        #expect(try TCPFlagNames.parse("syn,fin,rst").get() == TCPFlagNames.defaultTrace)
+        #expect(try TCPFlagNames.parse("SYN, ack").get() == 0x12)
+        #expect(try TCPFlagNames.parse("all").get() == 0xff)
+        #expect(try TCPFlagNames.parse("none").get() == 0)
+        guard case .failure(let e) = TCPFlagNames.parse("syn,push") else { Issue.record("push is no flag name"); return }
+        #expect(e.word == "push")
     }
 }

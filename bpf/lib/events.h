@@ -1,14 +1,19 @@
 /* Events and counters: what the datapath tells the agent.
  *
  * Trace events for the first packet of each direction of a connection and for
- * TCP flags new to a direction (Cilium's medium monitor aggregation), a drop
- * event for every drop. Events go to one ring buffer without waking the reader
+ * TCP flags new to a direction among fth_trace_flags (Cilium's medium monitor
+ * aggregation), a drop event for every drop. Events go to one ring buffer without waking the reader
  * (BPF_RB_NO_WAKEUP); the agent drains it on a timer (<= 100 ms). Per-CPU
  * counters by (reason, direction) count every packet: reason 0 = forwarded.
  */
 #pragma once
 #include "common.h"
 #include "ipcache.h"
+
+/* TCP flags whose first sighting in a direction of a connection is reported (Cilium's
+ * --monitor-aggregation-flags; its agent's default SYN, FIN, RST: opening and
+ * closing, not every ACK or PSH). Set by the loader. */
+const volatile __u32 fth_trace_flags = FTH_TCP_SYN | FTH_TCP_FIN | FTH_TCP_RST;
 
 #define FTH_EVENT_DROP  1
 #define FTH_EVENT_TRACE 2

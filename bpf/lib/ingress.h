@@ -28,7 +28,7 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 		c->is_reply = 1;
 		if (e)
 			c->rev_nat_id = e->rev_nat_id;
-		if (first || new_flags)
+		if (first || (new_flags & fth_trace_flags))
 			*trace = FTH_TRACE_REPLY;
 		return 0;
 	}
@@ -41,7 +41,7 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 	     ((c->flow.tcp_flags & (FTH_TCP_SYN | FTH_TCP_ACK)) == FTH_TCP_SYN && (e->flags & FTH_CT_F_CLOSING))))
 		state = FTH_CT_NEW;
 	if (state == FTH_CT_ESTABLISHED) {
-		if (new_flags)
+		if (new_flags & fth_trace_flags)
 			*trace = FTH_TRACE_ESTABLISHED;
 		return 0;
 	}
