@@ -24,6 +24,48 @@
 #define AF_INET 2
 #endif
 
+/* The lookup's key as the packet gives it: family, TOS, protocol and ports. */
+static __always_inline void fib_params(struct bpf_fib_lookup *fib, const struct iphdr *ip,
+				       const struct fth_flow *f)
+{
+	fib->family = AF_INET;
+	fib->tos = ip->tos;
+	fib->l4_protocol = ip->protocol;
+	if (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP) {
+		fib->sport = bpf_htons(f->sport);
+		fib->dport = bpf_htons(f->dport);
+	}
+}
+
+/* The FIB found the route but not the next hop's MAC: the neighbour subsystem
+ * resolves it (fib->ipv4_dst is now the route's gateway, or still the destination
+ * when it is on-link) and fills the Ethernet header. */
+static __always_inline int fib_redirect_neigh(const struct bpf_fib_lookup *fib)
+{
+	struct bpf_redir_neigh nh = {
+		.nh_family = AF_INET,
+		.ipv4_nh = fib->ipv4_dst,
+	};
+
+	if (fib->family != AF_INET)     /* IPv6 next hop: the kernel finds it */
+		return bpf_redirect_neigh(fib->ifindex, 0, 0, 0);
+	return bpf_redirect_neigh(fib->ifindex, &nh, sizeof(nh), 0);
+}
+
+/* Writes the MACs the FIB gave; 0 or a negative drop reason. */
+static __always_inline int fib_set_macs(struct __sk_buff *skb, const struct bpf_fib_lookup *fib)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return -FTH_DROP_INVALID_PACKET;
+	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	return 0;
+}
+
 /* As fib_forward_ipv4, but towards `via` (network order) as the next hop instead of
  * the packet's destination: the egress gateway, where a pod's packet goes
  * untranslated to be translated there. 0 = the destination. */
@@ -41,13 +83,7 @@ static __always_inline int fib_forward_ipv4_via(struct __sk_buff *skb, const str
 	if (ip->ttl <= 1)
 		return TC_ACT_OK;
 
-	fib.family = AF_INET;
-	fib.tos = ip->tos;
-	fib.l4_protocol = ip->protocol;
-	if (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP) {
-		fib.sport = bpf_htons(f->sport);
-		fib.dport = bpf_htons(f->dport);
-	}
+	fib_params(&fib, ip, f);
 	/* tot_len 0: the kernel checks the egress MTU against the skb itself
 	 * (is_skb_forwardable, which knows GSO packets) */
 	fib.tot_len = 0;
@@ -63,25 +99,11 @@ static __always_inline int fib_forward_ipv4_via(struct __sk_buff *skb, const str
 	if (ret)
 		return -ret;
 
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
-		/* fib.ipv4_dst is now the gateway of the route (or still the
-		 * destination when it is on-link) */
-		struct bpf_redir_neigh nh = {
-			.nh_family = AF_INET,
-			.ipv4_nh = fib.ipv4_dst,
-		};
-		if (fib.family != AF_INET)      /* IPv6 next hop: the kernel finds it */
-			return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
-		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
-	}
-
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return -FTH_DROP_INVALID_PACKET;
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return fib_redirect_neigh(&fib);
+	ret = fib_set_macs(skb, &fib);
+	if (ret)
+		return ret;
 	return bpf_redirect(fib.ifindex, 0);
 }
 
@@ -112,37 +134,19 @@ static __always_inline int fib_reroute_output(struct __sk_buff *skb, const struc
 
 	if ((void *)(ip + 1) > data_end)
 		return -FTH_DROP_INVALID_PACKET;
-	fib.family = AF_INET;
-	fib.tos = ip->tos;
-	fib.l4_protocol = ip->protocol;
-	if (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP) {
-		fib.sport = bpf_htons(f->sport);
-		fib.dport = bpf_htons(f->dport);
-	}
+	fib_params(&fib, ip, f);
 	fib.ifindex = skb->ifindex;
 	fib.ipv4_src = ip->saddr;
 	fib.ipv4_dst = ip->daddr;
 
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
-		struct bpf_redir_neigh nh = {
-			.nh_family = AF_INET,
-			.ipv4_nh = fib.ipv4_dst,
-		};
-		if (fib.family != AF_INET)
-			return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
-		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
-	}
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return fib_redirect_neigh(&fib);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return TC_ACT_OK;
-
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return -FTH_DROP_INVALID_PACKET;
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	rc = fib_set_macs(skb, &fib);
+	if (rc)
+		return rc;
 	if (fib.ifindex == skb->ifindex)
 		return TC_ACT_OK;
 	return bpf_redirect(fib.ifindex, 0);
