@@ -345,19 +345,23 @@ public final class NodeDatapath: @unchecked Sendable {
 
     private let flushLock = Mutex<Void>(())
     private let flushBuffer = Mutex<[DatapathEvent]?>(nil)
-    /// Events of the drain in progress (the reader's handler runs under its drain lock).
-    private let pending = Mutex<[DatapathEvent]>([])
+    /// Events of the drain in progress. Only the reader touches it, from its handler and
+    /// its after-drain hook, both under the reader's drain lock: no lock of its own, and
+    /// the per-record handler holds it directly (no weak reference to load per event).
+    private final class DrainBuffer: @unchecked Sendable {
+        var events: [DatapathEvent] = []
+    }
 
     private func reader() throws -> RingBufferReader {
         try readerLock.withLock { r in
             if let r { return r }
+            let buffer = DrainBuffer()
             let new = try RingBufferReader(map: eventsMap, afterDrain: { [weak self] in
-                guard let self else { return }
-                let batch = self.pending.withLock { p in let b = p; p.removeAll(keepingCapacity: true); return b }
-                self.dispatch(batch)
-            }) { [weak self] bytes in
-                guard let self, let event = DatapathEvent(bytes: bytes) else { return }
-                self.pending.withLock { $0.append(event) }
+                let batch = buffer.events
+                buffer.events.removeAll(keepingCapacity: true)
+                self?.dispatch(batch)
+            }) { bytes in
+                if let event = DatapathEvent(bytes: bytes) { buffer.events.append(event) }
             }
             r = new
             return new
