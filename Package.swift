@@ -116,7 +116,8 @@ let package = Package(
 
         // ---- Services (owned by the services work; edit only these entries) -----------
         .target(name: "Services", dependencies: ["Model", "ClusterStore"], swiftSettings: swift6),
-        .testTarget(name: "ServicesTests", dependencies: ["Services", "ClusterStore", "Model"], swiftSettings: swift6),
+        .testTarget(name: "ServicesTests", dependencies: ["Services", "ClusterStore", "Model", "TestSupport",
+                                                         .product(name: "Logging", package: "swift-log")], swiftSettings: swift6),
         // ---- end of services entries ---------------------------------------------------
 
         // ---- Executables (thin) --------------------------------------------------------
