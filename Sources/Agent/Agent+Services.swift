@@ -282,15 +282,18 @@ extension Agent {
                 }
             }
             var removed = false
+            // Frontends to write go to the datapath together (one wait of the kernel per
+            // batch, not per service); affinity is cleared once the flag is off.
+            var upserts: [(key: ServiceState.FrontendKey, entry: LBServiceEntry, table: [UInt32])] = []
+            var affinityGone: [UInt16] = []
             for key in touched {
                 let have = serviceState.applied[key]
                 if let want = serviceState.desired[key] {
                     if let have, have.entry == want.entry, have.table == want.table { continue }
                     if let have, have.entry.affinityTimeout != nil, want.entry.affinityTimeout == nil {
-                        try datapath.clearAffinity(serviceID: want.entry.id)
+                        affinityGone.append(want.entry.id)
                     }
-                    try datapath.upsertLBService(want.entry, table: want.table)
-                    serviceState.applied[key] = (want.entry, want.table)
+                    upserts.append((key, want.entry, want.table))
                     removed = removed || have != nil
                 } else if let have {
                     try datapath.deleteLBService(address: key.address, port: key.port, proto: key.proto)
@@ -300,6 +303,9 @@ extension Agent {
                     removed = true
                 }
             }
+            try datapath.upsertLBServices(upserts.map { ($0.entry, $0.table) })
+            for u in upserts { serviceState.applied[u.key] = (u.entry, u.table) }
+            for id in affinityGone { try datapath.clearAffinity(serviceID: id) }
             if removed {
                 var used: Set<UInt32> = []
                 for d in serviceState.desired.values { used.formUnion(d.backends.keys) }
