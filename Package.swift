@@ -116,7 +116,8 @@ let package = Package(
 
         // ---- Services (owned by the services work; edit only these entries) -----------
         .target(name: "Services", dependencies: ["Model", "ClusterStore"], swiftSettings: swift6),
-        .testTarget(name: "ServicesTests", dependencies: ["Services", "ClusterStore", "Model"], swiftSettings: swift6),
+        .testTarget(name: "ServicesTests", dependencies: ["Services", "ClusterStore", "Model", "TestSupport",
+                                                         .product(name: "Logging", package: "swift-log")], swiftSettings: swift6),
         // ---- end of services entries ---------------------------------------------------
 
         // ---- Executables (thin) --------------------------------------------------------
@@ -150,7 +151,8 @@ let package = Package(
         .testTarget(name: "ClusterStoreTests", dependencies: ["ClusterStore", "TestSupport"], swiftSettings: swift6),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "TestSupport"], swiftSettings: swift6),
         .testTarget(name: "DatapathTests", dependencies: ["Datapath", "BPF", "Model", "Netlink"], swiftSettings: swift6),
-        .testTarget(name: "AgentTests", dependencies: ["Agent", "ClusterStore", "AgentAPI", "Model", "Datapath", "Services", "ObserveProto"], swiftSettings: swift6),
+        .testTarget(name: "AgentTests", dependencies: ["Agent", "ClusterStore", "AgentAPI", "Model", "Datapath", "Services", "ObserveProto",
+                                                       .product(name: "Logging", package: "swift-log")], swiftSettings: swift6),
         .testTarget(
             name: "ObserveTests",
             dependencies: [

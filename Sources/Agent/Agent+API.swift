@@ -57,7 +57,7 @@ extension Agent {
                                                       defaultDenyBy: e.defaultDenyBy))
             case .policyGet(let endpoint): return .table(try policyTable(endpoint: endpoint))
             case .bpfDump(let kind, let id): return .table(try dump(kind, endpointID: id))
-            case .serviceApply, .serviceDelete, .endpointSlicePut, .endpointSliceDelete:
+            case .serviceApply, .serviceApplyBatch, .serviceDelete, .endpointSlicePut, .endpointSliceDelete:
                 return try await handleServiceRequest(request)
             case .events(let after, let limit): return .events(events(after: after, limit: limit))
             case .list(let kind):

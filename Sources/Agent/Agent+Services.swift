@@ -12,7 +12,10 @@ import Glibc
 /// What the agent knows and has written about services on its node.
 struct ServiceState {
     var services: [String: ServiceRecord] = [:]          // by store key
-    var slices: [String: EndpointSliceRecord] = [:]      // by store key
+    private(set) var slices: [String: EndpointSliceRecord] = [:]      // by store key
+    /// Store keys of the slices of each service (namespace/name), so that a pass over the
+    /// services that changed does not look at every slice.
+    private(set) var sliceKeysByService: [String: Set<String>] = [:]
     /// Services (namespace/name) whose frontends must be computed again; everything
     /// after a snapshot, a restart or a change of the pod records.
     var dirty: Set<String> = []
@@ -36,6 +39,22 @@ struct ServiceState {
     /// Network namespace cookies of the endpoints whose sockets are translated.
     var socketLBCookies: [UInt32: UInt64] = [:]
 
+    mutating func setSlice(_ key: String, _ slice: EndpointSliceRecord?) {
+        if let old = slices[key] { sliceKeysByService[old.serviceKey]?.remove(key) }
+        slices[key] = slice
+        if let slice { sliceKeysByService[slice.serviceKey, default: []].insert(key) }
+    }
+
+    mutating func removeAllSlices() {
+        slices = [:]
+        sliceKeysByService = [:]
+    }
+
+    /// The slices of these services (namespace/name).
+    func slices(of services: Set<String>) -> [EndpointSliceRecord] {
+        services.flatMap { sliceKeysByService[$0] ?? [] }.compactMap { slices[$0] }
+    }
+
     struct BackendKey: Hashable { var ip: IPv4Address; var port: UInt16; var proto: UInt8 }
     struct FrontendKey: Hashable { var address: IPv4Address?; var port: UInt16; var proto: UInt8 }
     struct Desired {
@@ -52,7 +71,9 @@ struct ServiceState {
 extension Agent {
     // MARK: API
 
-    func handleServiceRequest(_ request: AgentRequest) async throws -> AgentReply {
+    /// Off the actor: it needs only the store, and a file of 10,000 services takes seconds
+    /// of encoding and transactions that the watch loop should not wait behind.
+    nonisolated func handleServiceRequest(_ request: AgentRequest) async throws -> AgentReply {
         let services = ServiceStore(store: store)
         switch request {
         case .serviceApply(let json):
@@ -60,20 +81,30 @@ extension Agent {
             do { rec = try JSONDecoder().decode(ServiceRecord.self, from: json) } catch {
                 throw APIFailure(.invalid, "not a service: \(error)")
             }
-            // A store that dropped its connection under a burst of applies answers again
-            // after a reconnect; applying the same record twice is harmless.
-            var attempt = 0
-            while true {
-                do {
-                    return .ok(revision: try await services.apply(rec).1)
-                } catch let e as ServiceAllocationError {
-                    throw APIFailure(.invalid, e.description)
-                } catch let e as StoreError where e.code == .unavailable && attempt < 5 {
-                    attempt += 1
-                    log.info("store unavailable while applying a service; retrying", metadata: ["service": "\(rec.key)", "error": "\(e)"])
-                    try await Task.sleep(nanoseconds: 100_000_000 << UInt64(attempt))
+            return .ok(revision: try await retryingUnavailable("applying a service", rec.key) {
+                try await services.apply(rec).1
+            })
+        case .serviceApplyBatch(let servicesJSON, let slicesJSON):
+            let recs: [ServiceRecord]
+            let slices: [EndpointSliceRecord]
+            do { recs = try JSONDecoder().decode([ServiceRecord].self, from: servicesJSON) } catch {
+                throw APIFailure(.invalid, "not a list of services: \(error)")
+            }
+            do { slices = try JSONDecoder().decode([EndpointSliceRecord].self, from: slicesJSON) } catch {
+                throw APIFailure(.invalid, "not a list of EndpointSlices: \(error)")
+            }
+            var revision: Int64 = 0
+            if !recs.isEmpty {
+                revision = try await retryingUnavailable("applying \(recs.count) services", recs[0].key) {
+                    try await services.apply(recs).revision
                 }
             }
+            if !slices.isEmpty {
+                revision = max(revision, try await retryingUnavailable("writing \(slices.count) EndpointSlices", slices[0].storeKey) {
+                    try await putSlices(slices)
+                })
+            }
+            return .ok(revision: revision)
         case .serviceDelete(let ns, let name):
             return .ok(revision: try await services.delete(namespace: ns, name: name))
         case .endpointSlicePut(let key, let json):
@@ -90,6 +121,41 @@ extension Agent {
         }
     }
 
+    /// A store that dropped its connection under a burst of applies answers again after a
+    /// reconnect; applying the same records twice is harmless. Allocation errors become
+    /// the API's "invalid" with their text.
+    private nonisolated func retryingUnavailable(_ what: String, _ first: String,
+                                                 _ body: () async throws -> Int64) async throws -> Int64 {
+        var attempt = 0
+        while true {
+            do {
+                return try await body()
+            } catch let e as ServiceAllocationError {
+                throw APIFailure(.invalid, e.description)
+            } catch let e as StoreError where e.code == .unavailable && attempt < 5 {
+                attempt += 1
+                log.info("store unavailable while \(what); retrying", metadata: ["service": "\(first)", "error": "\(e)"])
+                try await Task.sleep(nanoseconds: 100_000_000 << UInt64(attempt))
+            }
+        }
+    }
+
+    /// EndpointSlices in transactions of etcd's maximum size; returns the last revision.
+    private nonisolated func putSlices(_ slices: [EndpointSliceRecord]) async throws -> Int64 {
+        // One put per key and transaction: the last document of a slice named twice wins.
+        var latest: [String: EndpointSliceRecord] = [:]
+        var order: [String] = []
+        for slice in slices where latest.updateValue(slice, forKey: slice.storeKey) == nil { order.append(slice.storeKey) }
+        let encoder = JSONEncoder()
+        let ops: [ClusterStore.Operation] = try order.map { .put($0, Array(try encoder.encode(latest[$0]!))) }
+        var revision: Int64 = 0
+        for start in stride(from: 0, to: ops.count, by: etcdMaxTxnOps) {
+            let part = Array(ops[start..<min(start + etcdMaxTxnOps, ops.count)])
+            revision = max(revision, try await store.txn(if: [], then: part, else: []).revision)
+        }
+        return revision
+    }
+
     // MARK: watch
 
     /// Takes a service or slice record from the watch; false when the key is not one.
@@ -101,7 +167,7 @@ extension Agent {
         }
         if kv.key.hasPrefix(StoreKeys.endpointSlices) {
             markSliceDirty(kv.key)
-            serviceState.slices[kv.key] = try? JSONDecoder().decode(EndpointSliceRecord.self, from: Data(kv.value))
+            serviceState.setSlice(kv.key, try? JSONDecoder().decode(EndpointSliceRecord.self, from: Data(kv.value)))
             markSliceDirty(kv.key)
             return true
         }
@@ -116,19 +182,19 @@ extension Agent {
         }
         if key.hasPrefix(StoreKeys.endpointSlices) {
             markSliceDirty(key)
-            serviceState.slices[key] = nil
+            serviceState.setSlice(key, nil)
             return true
         }
         return false
     }
 
     private func markSliceDirty(_ key: String) {
-        if let s = serviceState.slices[key] { serviceState.dirty.insert("\(s.namespace)/\(s.serviceName)") }
+        if let s = serviceState.slices[key] { serviceState.dirty.insert(s.serviceKey) }
     }
 
     func resetServiceRecords() {
         serviceState.services = [:]
-        serviceState.slices = [:]
+        serviceState.removeAllSlices()
         serviceState.allDirty = true
     }
 
@@ -156,9 +222,12 @@ extension Agent {
                 serviceState.podsFingerprint = fingerprint
                 serviceState.allDirty = true
             }
-            let byName = Dictionary(serviceState.services.values.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
+            // Records by namespace/name are under the services prefix; only the services
+            // that changed are looked up (a batch of 10,000 new ones is one pass over them).
+            func record(_ svc: String) -> ServiceRecord? { serviceState.services[StoreKeys.services + svc] }
             let full = serviceState.allDirty
-            let targets = full ? Set(byName.keys).union(serviceState.frontendsByService.keys) : serviceState.dirty
+            let targets = full ? Set(serviceState.services.values.map(\.key)).union(serviceState.frontendsByService.keys)
+                : serviceState.dirty
             serviceState.allDirty = false
             serviceState.dirty = []
             guard !targets.isEmpty || full else { return }
@@ -174,8 +243,7 @@ extension Agent {
                 }
                 serviceState.frontendsByService[svc] = nil
             }
-            let slices = serviceState.slices.values.filter { targets.contains("\($0.namespace)/\($0.serviceName)") }
-            let frontends = ServiceModel.frontends(services: targets.compactMap { byName[$0] }, slices: Array(slices),
+            let frontends = ServiceModel.frontends(services: targets.compactMap(record), slices: serviceState.slices(of: targets),
                                                    pods: Array(pods.values))
             let m = datapath.config.maglevTableSize
             for f in frontends {
@@ -214,15 +282,18 @@ extension Agent {
                 }
             }
             var removed = false
+            // Frontends to write go to the datapath together (one wait of the kernel per
+            // batch, not per service); affinity is cleared once the flag is off.
+            var upserts: [(key: ServiceState.FrontendKey, entry: LBServiceEntry, table: [UInt32])] = []
+            var affinityGone: [UInt16] = []
             for key in touched {
                 let have = serviceState.applied[key]
                 if let want = serviceState.desired[key] {
                     if let have, have.entry == want.entry, have.table == want.table { continue }
                     if let have, have.entry.affinityTimeout != nil, want.entry.affinityTimeout == nil {
-                        try datapath.clearAffinity(serviceID: want.entry.id)
+                        affinityGone.append(want.entry.id)
                     }
-                    try datapath.upsertLBService(want.entry, table: want.table)
-                    serviceState.applied[key] = (want.entry, want.table)
+                    upserts.append((key, want.entry, want.table))
                     removed = removed || have != nil
                 } else if let have {
                     try datapath.deleteLBService(address: key.address, port: key.port, proto: key.proto)
@@ -232,6 +303,9 @@ extension Agent {
                     removed = true
                 }
             }
+            try datapath.upsertLBServices(upserts.map { ($0.entry, $0.table) })
+            for u in upserts { serviceState.applied[u.key] = (u.entry, u.table) }
+            for id in affinityGone { try datapath.clearAffinity(serviceID: id) }
             if removed {
                 var used: Set<UInt32> = []
                 for d in serviceState.desired.values { used.formUnion(d.backends.keys) }

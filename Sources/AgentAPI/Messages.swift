@@ -40,6 +40,12 @@ public enum AgentRequest: Codable, Sendable {
     /// A Service (JSON of `Services.ServiceRecord`); the agent allocates its cluster IP and
     /// node ports in the store.
     case serviceApply(json: Data)
+    /// Many Services and EndpointSlices at once (`fathom apply -f` of a file): JSON arrays
+    /// of `Services.ServiceRecord` and `Services.EndpointSliceRecord`. The services are
+    /// allocated together (one read of the claims, transactions of up to 128 operations)
+    /// and, when an explicit clusterIP or nodePort is taken, nothing is written; the
+    /// slices are written after the services.
+    case serviceApplyBatch(services: Data, endpointSlices: Data)
     case serviceDelete(namespace: String, name: String)
     /// An EndpointSlice (JSON of `Services.EndpointSliceRecord`) under its store key.
     case endpointSlicePut(key: String, json: Data)

@@ -105,7 +105,15 @@ struct Apply: ParsableCommand {
         if lab.isKubernetes {   // through the lab's API server (LabKit/Lab+Kubernetes.swift)
             return try lab.applyThroughAPI(text, delete: false).forEach { print($0) }
         }
-        var services: [Manifest] = []
+        // Services first: their allocation is the one step that can still refuse a file
+        // that parsed (an explicit clusterIP or nodePort taken), and then nothing is written.
+        let services = manifests.filter {
+            switch $0 {
+            case .service, .endpointSlice: true
+            default: false
+            }
+        }
+        for line in try applyServiceManifests(services, lab: lab) { print(line) }
         for m in manifests {
             switch m {
             case .namespace(let ns):
@@ -115,13 +123,12 @@ struct Apply: ParsableCommand {
                 try lab.change(.policyPut(key: p.storeKey, json: try JSONEncoder().encode(p)))
                 print("\(p.kind.rawValue.lowercased())/\(p.name) configured")
             case .service, .endpointSlice:
-                services.append(m)
+                break
             case .egressGateway(let name, let p):
                 try lab.change(.policyPut(key: StoreKeys.egressGateway(name), json: try JSONEncoder().encode(p)))
                 print("ciliumegressgatewaypolicy/\(name) configured")
             }
         }
-        for line in try applyServiceManifests(services, lab: lab) { print(line) }
     }
 }
 

@@ -90,6 +90,11 @@ public enum WatchUpdate: Sendable, Equatable {
     case events([StoreEvent], revision: Int64)
 }
 
+/// etcd's default `--max-txn-ops`: a transaction may hold at most this many compares, and
+/// at most this many operations in each branch; etcd refuses a larger one ("too many
+/// operations in txn request"). Writers of many keys split them into transactions this size.
+public let etcdMaxTxnOps = 128
+
 /// The cluster store as the agent uses it.
 public protocol KVStore: Sendable {
     func get(_ key: String) async throws -> KeyValue?

@@ -28,13 +28,18 @@ public actor MemoryStore: KVStore {
     private var watchers: [Int: Watcher] = [:]
     private var nextWatcher = 0
     private nonisolated let reflectorOptions: ReflectorOptions
+    /// Refuses larger transactions as etcd does (`--max-txn-ops`), so that code which
+    /// passes its tests here does not fail against etcd with "too many operations".
+    public nonisolated let maxTxnOps: Int
 
-    public init() {
+    public init(maxTxnOps: Int = etcdMaxTxnOps) {
         self.reflectorOptions = ReflectorOptions(initialBackoff: .milliseconds(10), maxBackoff: .milliseconds(500))
+        self.maxTxnOps = maxTxnOps
     }
 
-    init(reflectorOptions: ReflectorOptions) {
+    init(reflectorOptions: ReflectorOptions, maxTxnOps: Int = etcdMaxTxnOps) {
         self.reflectorOptions = reflectorOptions
+        self.maxTxnOps = maxTxnOps
     }
 
     // MARK: Test controls
@@ -93,6 +98,12 @@ public actor MemoryStore: KVStore {
     }
 
     public func txn(if compares: [Compare], then: [Operation], else: [Operation]) throws -> TxnResult {
+        // etcd counts the compares and each branch separately (checkTxnRequest).
+        let size = max(compares.count, then.count, `else`.count)
+        if size > maxTxnOps {
+            throw StoreError(.invalidArgument, operation: "txn on memory store",
+                             reason: "too many operations in txn request (\(size), at most \(maxTxnOps))")
+        }
         let succeeded = compares.allSatisfy(holds)
         let values = try execute(succeeded ? then : `else`, operation: "txn on memory store")
         return TxnResult(succeeded: succeeded, revision: revision, values: values)

@@ -194,24 +194,54 @@ extension NodeDatapath {
     /// service has no backends): a new table is built and swapped in whole, then the
     /// reverse-NAT entry, then the frontend itself.
     public func upsertLBService(_ s: LBServiceEntry, table: [UInt32]) throws {
-        precondition(table.isEmpty || table.count == config.maglevTableSize, "a Maglev table has maglevTableSize slots")
-        if !table.isEmpty {
-            let inner = try Map.create(type: Map.arrayType, name: "fth_lb4_mag_in", keySize: 4, valueSize: 4,
-                                       maxEntries: config.maglevTableSize, flags: Map.innerMapFlag)
-            for (slot, be) in table.enumerated() where be != 0 {
-                try inner.update(UInt32(slot), be)
+        try upsertLBServices([(s, table)])
+    }
+
+    /// Frontends the kernel writes per batch: each table is an open map until its batch is
+    /// in the outer map, so a batch holds that many file descriptors for a moment.
+    static let lbBatchSize = 256
+
+    /// Writes many frontends as `upsertLBService` writes one (every table before its
+    /// reverse-NAT entry before its frontend), one system call per map and batch. A
+    /// write to the map of Maglev tables waits for an RCU grace period each time (the
+    /// kernel's maybe_wait_bpf_programs, 10-20 ms on a busy VM): one service at a time,
+    /// 10,000 services waited ~3 minutes on every node; in batches the wait is once a batch.
+    public func upsertLBServices(_ services: [(entry: LBServiceEntry, table: [UInt32])]) throws {
+        let m = config.maglevTableSize
+        for start in stride(from: 0, to: services.count, by: Self.lbBatchSize) {
+            let part = services[start..<min(start + Self.lbBatchSize, services.count)]
+            var tables: [Map] = []   // open until the outer map holds them
+            var tableIDs: [UInt32] = []
+            var emptied: [UInt32] = []
+            for (s, table) in part {
+                precondition(table.isEmpty || table.count == m, "a Maglev table has maglevTableSize slots")
+                guard !table.isEmpty else {
+                    emptied.append(UInt32(s.id))
+                    continue
+                }
+                let inner = try Map.create(type: Map.arrayType, name: "fth_lb4_mag_in", keySize: 4, valueSize: 4,
+                                           maxEntries: m, flags: Map.innerMapFlag)
+                // One call for the whole table, not one per slot.
+                let slots = table.indices.filter { table[$0] != 0 }
+                try inner.update(batch: slots.map { UInt32($0) }, slots.map { table[$0] })
+                tables.append(inner)
+                tableIDs.append(UInt32(s.id))
             }
-            try lb.maglev.update(UInt32(s.id), UInt32(bitPattern: inner.fd))
-        } else {
-            try lb.maglev.delete(UInt32(s.id))
+            try withExtendedLifetime(tables) {
+                try lb.maglev.update(batch: tableIDs, tables.map { UInt32(bitPattern: $0.fd) })
+            }
+            for id in emptied { try lb.maglev.delete(id) }
+            try lb.reverse.update(batch: part.map { UInt32($0.entry.id) },
+                                  part.map { LB4RevRaw(addr: $0.entry.reverseAddress.wire, port: $0.entry.reversePort) })
+            try lb.services.update(batch: part.map(\.entry.key), part.map { s, table in
+                var flags: UInt8 = 0
+                if s.affinityTimeout != nil { flags |= LB4ServiceRaw.affinity }
+                if s.localOnly { flags |= LB4ServiceRaw.local }
+                if s.address == nil { flags |= LB4ServiceRaw.nodePort }
+                return LB4ServiceRaw(id: UInt32(s.id), count: table.isEmpty ? 0 : s.backendCount,
+                                     affinityTimeout: s.affinityTimeout ?? 0, flags: flags)
+            })
         }
-        try lb.reverse.update(UInt32(s.id), LB4RevRaw(addr: s.reverseAddress.wire, port: s.reversePort))
-        var flags: UInt8 = 0
-        if s.affinityTimeout != nil { flags |= LB4ServiceRaw.affinity }
-        if s.localOnly { flags |= LB4ServiceRaw.local }
-        if s.address == nil { flags |= LB4ServiceRaw.nodePort }
-        try lb.services.update(s.key, LB4ServiceRaw(id: UInt32(s.id), count: table.isEmpty ? 0 : s.backendCount,
-                                                   affinityTimeout: s.affinityTimeout ?? 0, flags: flags))
     }
 
     /// Removes a frontend, then its table and reverse-NAT entry.

@@ -148,4 +148,6 @@ public struct EndpointSliceRecord: Codable, Sendable, Equatable {
     }
 
     public var storeKey: String { StoreKeys.endpointSlice(namespace, name) }
+    /// The service it belongs to, as `ServiceRecord.key` names it (namespace/name).
+    public var serviceKey: String { "\(namespace)/\(serviceName)" }
 }

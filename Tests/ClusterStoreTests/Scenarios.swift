@@ -76,6 +76,17 @@ enum Scenarios {
         await expectStoreError(.invalidArgument) {
             _ = try await s.txn(if: [], then: [.put("/t/d", [1]), .put("/t/d", [2])], else: [])
         }
+
+        // etcd's --max-txn-ops (128): compares and each branch are counted separately.
+        let keys = (0..<etcdMaxTxnOps).map { "/t/many/\($0)" }
+        let full = try await s.txn(if: keys.map { .absent($0) }, then: keys.map { .put($0, [1]) }, else: [])
+        #expect(full.succeeded, "\(etcdMaxTxnOps) compares and \(etcdMaxTxnOps) puts are allowed")
+        await expectStoreError(.invalidArgument) {
+            _ = try await s.txn(if: [], then: (keys + ["/t/many/x"]).map { .delete($0) }, else: [])
+        }
+        await expectStoreError(.invalidArgument) {
+            _ = try await s.txn(if: (keys + ["/t/many/x"]).map { .absent($0) }, then: [], else: [])
+        }
     }
 
     /// Two claimants of one key at once: exactly one wins, the other sees the winner.

@@ -208,6 +208,35 @@ struct ServiceFixtureTests {
         #expect(try f.dp.maglevTable(serviceID: 1).isEmpty)
     }
 
+    /// `upsertLBServices` writes frontends in batches (one wait of the kernel for the map
+    /// of tables per batch): 600 of them cross two batch boundaries, every third without
+    /// backends, and each is written whole and translates.
+    @Test func manyFrontendsAtOnceAreEachWrittenWhole() throws {
+        let f = try Fixture()
+        try f.dp.upsertLBBackend(LBBackendEntry(id: 1, ip: b.ip, port: 8080, proto: IPProtocol.tcp))
+        let services = (1...600).map { i -> (entry: LBServiceEntry, table: [UInt32]) in
+            let vip = IPv4Address(10, 96, UInt8(1 + i / 250), UInt8(i % 250))
+            let empty = i % 3 == 0
+            return (LBServiceEntry(address: vip, port: 80, proto: IPProtocol.tcp, id: UInt16(i), backendCount: empty ? 0 : 1,
+                                   affinityTimeout: nil, localOnly: false, reverseAddress: vip, reversePort: 80),
+                    empty ? [] : Self.table([1]))
+        }
+        try f.dp.upsertLBServices(services)
+        let dump = try f.dp.dumpLBServices()
+        #expect(dump.count == 600)
+        for d in dump {
+            let i = Int(d.service.id)
+            #expect(d.service == services[i - 1].entry)
+            #expect(d.slots == (i % 3 == 0 ? [:] : [1: 1021]), "service \(i)")
+        }
+        try allowIntoB(f, from: a.identity)
+        let late = try #require(services[598].entry.address)
+        let r = try f.fromContainer(a, Self.tcp(a.ip, late, 40000, 80))
+        #expect(r.verdict == TC.redirect && Self.dst(r.packet) == b.ip, "service 599 (in the third batch) translates")
+        #expect(try f.fromContainer(a, Self.tcp(a.ip, try #require(services[599].entry.address), 40001, 80)).verdict == TC.shot,
+                "service 600 has no backends: dropped (158)")
+    }
+
     // MARK: node ports
 
     func nodePort(_ f: Fixture, backends: [UInt32], local: Bool = false) throws {

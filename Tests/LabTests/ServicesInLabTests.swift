@@ -324,6 +324,54 @@ extension LabTests {
         #expect(out.status == 0 && out.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "10.96.0.42 \(Self.node1)", "\(out.stdout)\(out.stderr)")
     }
 
+    /// A file of 500 services goes in as one request (one read of the claims, transactions
+    /// of up to 128 operations, each agent reconciling a burst at once); one of them is
+    /// reached. A second file naming a taken address is refused whole, naming the holder.
+    @Test func aFileOf500ServicesIsAppliedAtOnce() throws {
+        let t = try TestLab(tag: "many")
+        defer { t.down() }
+        try t.must(["lab", "pod", "add", "default/web", "--node", "node2", "--labels", "app=web", "--serve", "tcp:8080"])
+        try t.must(["lab", "pod", "add", "default/client", "--node", "node1"])
+        let client = try ip(t, "default/client")
+        func file(_ names: [String], explicit: [String: String] = [:]) -> String {
+            names.map { name in
+                """
+                apiVersion: v1
+                kind: Service
+                metadata: {name: \(name)}
+                spec:
+                \(explicit[name].map { "  clusterIP: \($0)\n" } ?? "")  selector: {app: web}
+                  ports: [{port: 80, targetPort: 8080}]
+
+                """
+            }.joined(separator: "---\n")
+        }
+        let names = (0..<500).map { "many-\($0)" }
+        let started = Date()
+        let out = try t.must(["apply", "-f", "-"], input: file(names, explicit: ["many-499": "10.96.200.7"]))
+        let seconds = Date().timeIntervalSince(started)
+        #expect(out.split(separator: "\n").count == 500, "a line per service")
+
+        func rows() throws -> [[String]] {
+            let json = try t.must(["get", "services", "-o", "json"])
+            return (try JSONSerialization.jsonObject(with: Data(json.utf8)) as! [String: Any])["rows"] as! [[String]]
+        }
+        let table = try rows()
+        #expect(table.count == 500)
+        let ips = Dictionary(uniqueKeysWithValues: table.map { ($0[1], $0[3]) })
+        #expect(Set(ips.values).count == 500, "every service its own address")
+        #expect(ips["many-499"] == "10.96.200.7", "the explicit address is honoured")
+        let some = try #require(ips["many-321"])
+        #expect(try seen(t, "default/client", some, port: 80, count: 2) == [client, client], "\(some) reached (applied in \(seconds) s)")
+        #expect(try seen(t, "default/client", "10.96.200.7", port: 80, count: 1) == [client])
+
+        // A taken address in the next file: nothing of it is written.
+        let refused = try t.run(["apply", "-f", "-"], input: file(["late-0", "late-1", "late-2"], explicit: ["late-2": some]))
+        #expect(refused.status != 0)
+        #expect(refused.stderr.contains("service default/late-2: clusterIP \(some) is already allocated to default/many-321"), "\(refused.stderr)")
+        #expect(try rows().count == 500, "late-0 and late-1 were not written either")
+    }
+
     @Test func backendsComeAndGoWhileAClientLoops() throws {
         let t = try TestLab(tag: "churn")
         defer { t.down() }
