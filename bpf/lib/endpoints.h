@@ -32,9 +32,14 @@ struct {
 	__uint(max_entries, 1024);
 } fth_ep4_v1 SEC(".maps");
 
+/* Every local endpoint has an address of this node's pod CIDR: any other address
+ * (another node's pod, the outside) is answered without a hash lookup. */
 static __always_inline struct endpoint_info *endpoint_lookup(__u32 addr)
 {
 	struct endpoint_key k = { .addr = addr };
+
+	if (!in_pod_cidr(addr))
+		return 0;
 	return bpf_map_lookup_elem(&fth_ep4_v1, &k);
 }
 
