@@ -103,6 +103,9 @@ static __always_inline int ct_lookup(const struct fth_flow *f, __u8 *new_flags, 
 	*first = 0;
 	e = bpf_map_lookup_elem(&fth_ct4_v1, &k);
 	if (!e) {
+		/* a SYN without ACK opens a connection: never a reply, no second lookup */
+		if (f->proto == IPPROTO_TCP && (f->tcp_flags & (FTH_TCP_SYN | FTH_TCP_ACK)) == FTH_TCP_SYN)
+			return FTH_CT_NEW;
 		k.saddr = f->daddr; k.daddr = f->saddr;
 		k.sport = f->dport; k.dport = f->sport;
 		e = bpf_map_lookup_elem(&fth_ct4_v1, &k);
