@@ -130,6 +130,21 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct fth_flow *f)
 	}
 }
 
+/* Rewrites the Ethernet addresses (re-reading the packet pointers: a helper before
+ * may have moved them). Returns 0, or a negative drop reason. */
+static __always_inline int eth_set_macs(struct __sk_buff *skb, const __u8 *dst, const __u8 *src)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return -FTH_DROP_INVALID_PACKET;
+	__builtin_memcpy(eth->h_dest, dst, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, src, ETH_ALEN);
+	return 0;
+}
+
 /* Decrements the IPv4 TTL as a router does and fixes the header checksum
  * incrementally. Returns 0, or a drop reason (TTL_EXCEEDED when the packet may not
  * be forwarded: TTL <= 1). Packet pointers are invalid afterwards. */

@@ -47,20 +47,13 @@ static __always_inline struct endpoint_info *endpoint_lookup(__u32 addr)
  * decremented as a router would, then straight into the pod's namespace. */
 static __always_inline int endpoint_deliver(struct __sk_buff *skb, const struct endpoint_info *ep)
 {
-	void *data, *data_end;
-	struct ethhdr *eth;
-	int ret;
+	int ret = ipv4_dec_ttl(skb);
 
-	ret = ipv4_dec_ttl(skb);
 	if (ret)
 		return -ret;
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return -FTH_DROP_INVALID_PACKET;
-	__builtin_memcpy(eth->h_dest, ep->pod_mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, ep->host_mac, ETH_ALEN);
+	ret = eth_set_macs(skb, ep->pod_mac, ep->host_mac);
+	if (ret)
+		return ret;
 	return bpf_redirect_peer(ep->ifindex, 0);
 }
 
@@ -70,13 +63,9 @@ static __always_inline int endpoint_deliver(struct __sk_buff *skb, const struct 
  * any packet from the node. No TTL change: the node sends it, it does not forward it. */
 static __always_inline int endpoint_deliver_from_host(struct __sk_buff *skb, const struct endpoint_info *ep)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
+	int ret = eth_set_macs(skb, ep->pod_mac, ep->host_mac);
 
-	if ((void *)(eth + 1) > data_end)
-		return -FTH_DROP_INVALID_PACKET;
-	__builtin_memcpy(eth->h_dest, ep->pod_mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, ep->host_mac, ETH_ALEN);
+	if (ret)
+		return ret;
 	return bpf_redirect(ep->ifindex, 0);
 }

@@ -55,15 +55,7 @@ static __always_inline int fib_redirect_neigh(const struct bpf_fib_lookup *fib)
 /* Writes the MACs the FIB gave; 0 or a negative drop reason. */
 static __always_inline int fib_set_macs(struct __sk_buff *skb, const struct bpf_fib_lookup *fib)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-
-	if ((void *)(eth + 1) > data_end)
-		return -FTH_DROP_INVALID_PACKET;
-	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
-	return 0;
+	return eth_set_macs(skb, fib->dmac, fib->smac);
 }
 
 /* As fib_forward_ipv4, but towards `via` (network order) as the next hop instead of
