@@ -75,8 +75,10 @@ final class Collector<Element: Sendable>: Sendable {
     func stop() { task.withLock { $0?.cancel() } }
 }
 
-/// Polls `condition` until it holds or `timeout` passes.
-func eventually(timeout: Duration = .seconds(5), _ condition: () async -> Bool) async -> Bool {
+/// Waits until `condition` holds (checked every 10 ms) or the timeout passes; returns
+/// whether it held. The timeout is generous: it only bounds a failure, and the whole suite
+/// on 2 busy vCPUs has kept an election from running for more than 5 s.
+func eventually(timeout: Duration = .seconds(30), _ condition: () async -> Bool) async -> Bool {
     let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {
         if await condition() { return true }
