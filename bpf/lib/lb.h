@@ -139,7 +139,9 @@ static __always_inline struct lb4_service *lb4_lookup(__u32 addr, __u16 port, __
 {
 	struct lb4_key k = { .addr = addr, .port = port, .proto = proto };
 
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+	/* a pod's address is never a frontend: no hash lookup for pod-to-pod traffic or
+	 * the node's packets to pods (addr 0, the node-port key, is not in the CIDR) */
+	if ((proto != IPPROTO_TCP && proto != IPPROTO_UDP) || in_cluster_cidr(addr))
 		return 0;
 	return bpf_map_lookup_elem(&fth_lb4_svc_v1, &k);
 }
@@ -255,8 +257,6 @@ static __always_inline int lb4_from_pod(struct __sk_buff *skb, struct fth_ctx *c
 	__u8 trace, reason = 0;
 	int ret;
 
-	if (in_cluster_cidr(c->flow.daddr))
-		return 0;       /* a pod's address is never a frontend: no lookup */
 	svc = lb4_lookup(c->flow.daddr, c->flow.dport, c->flow.proto);
 	if (!svc && c->flow.daddr == fth_node_ip)
 		svc = lb4_lookup(0, c->flow.dport, c->flow.proto);
