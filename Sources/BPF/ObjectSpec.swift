@@ -81,6 +81,19 @@ public final class ObjectSpec {
         try BPFError.check(rc, "set global \(variable) of \(name)")
     }
 
+    /// Sets a map's size before load (a map sized by the node, such as one slot per
+    /// address of its pod CIDR). A map the object does not have is an error.
+    public func setMaxEntries(_ mapName: String, _ entries: Int) throws {
+        guard let object else { throw BPFError("size map \(mapName): object already loaded", errno: EINVAL) }
+        guard let m = bpf_object__find_map_by_name(object, mapName) else {
+            throw BPFError("size map \(mapName): \(name) has no such map", errno: ENOENT)
+        }
+        guard entries > 0, entries <= Int(UInt32.max) else {
+            throw BPFError("size map \(mapName): \(entries) entries", errno: EINVAL)
+        }
+        try BPFError.check(bpf_map__set_max_entries(m, UInt32(entries)), "size map \(mapName) of \(name)")
+    }
+
     /// Loads the object into the kernel. With `pinDirectory`, every non-internal map is
     /// pinned there under its name; a map already pinned (agent restart, or another
     /// object of the same datapath) is reused instead of created, if compatible.

@@ -7,9 +7,9 @@ import Model
 /// Map names (pin file names) of datapath version 1.
 enum MapName {
     static let ipcache = "fth_ipc4_v1"
-    static let endpoints = "fth_ep4_v1"
+    static let endpoints = "fth_ep4_v2"
     static let policy = "fth_pol4_v1"
-    static let conntrack = "fth_ct4_v1"
+    static let conntrack = "fth_ct4_v2"
     static let events = "fth_events_v1"
     static let metrics = "fth_metrics_v2"
     static let lost = "fth_lost_v1"
@@ -41,10 +41,6 @@ struct IPCacheInfoRaw: BitwiseCopyable {
     var tunnelEndpoint: UInt32
 }
 
-struct EndpointKeyRaw: BitwiseCopyable {
-    var addr: UInt32
-}
-
 struct EndpointInfoRaw: BitwiseCopyable {
     static let ingressEnforced: UInt32 = 1 << 0
     static let egressEnforced: UInt32 = 1 << 1
@@ -56,6 +52,10 @@ struct EndpointInfoRaw: BitwiseCopyable {
     var flags: UInt32
     var podMAC: MAC6
     var hostMAC: MAC6
+
+    /// A free slot of the endpoints array (endpoint id 0).
+    static let free = EndpointInfoRaw(epID: 0, identity: 0, ifindex: 0, flags: 0,
+                                      podMAC: (0, 0, 0, 0, 0, 0), hostMAC: (0, 0, 0, 0, 0, 0))
 }
 
 struct PolicyKeyRaw: BitwiseCopyable {
@@ -99,6 +99,8 @@ struct CTEntryRaw: BitwiseCopyable {
     var pad0: UInt8
     var revNatID: UInt16
     var pad: (UInt8, UInt8)
+    var dstIdentity: UInt32
+    var pad1: UInt32
 }
 
 /// Slot of the counters array: `reason << 2 | direction` (bpf/lib/events.h).

@@ -13,7 +13,7 @@ import Musl
 /// through pinned links (programs stay attached while the agent is down and are
 /// replaced atomically on restart), and reports events and counters.
 ///
-/// Pin layout: `<pinDirectory>/fth_*_v1` maps, `<pinDirectory>/links/…` links
+/// Pin layout: `<pinDirectory>/fth_*_vN` maps (N: the layout version of each), `<pinDirectory>/links/…` links
 /// (`host_<ifindex>_in`, `lxc<endpoint>_<ifindex>_in|out`).
 public final class NodeDatapath: @unchecked Sendable {
     public let config: DatapathConfig
@@ -86,6 +86,9 @@ public final class NodeDatapath: @unchecked Sendable {
             try spec.setGlobal("fth_lb_maglev_m", UInt32(config.maglevTableSize))
             try spec.setGlobal("fth_lb_loopback_ip", config.serviceLoopback.wire)
             try spec.setGlobal("fth_trace_flags", UInt32(config.traceFlags))
+            if spec.maps.contains(where: { $0.name == MapName.endpoints }) {
+                try spec.setMaxEntries(MapName.endpoints, endpointSlots(config.podCIDR))
+            }
             return try spec.load(pinDirectory: config.pinDirectory)
         } catch let e as BPFError {
             throw e.context("datapath \(config.pinDirectory)")
@@ -109,8 +112,9 @@ public final class NodeDatapath: @unchecked Sendable {
     /// Writes the endpoint and attaches from-container / to-container to its host veth.
     /// Idempotent: an attached link is updated to the current programs.
     public func attachEndpoint(_ ep: EndpointEntry) throws {
+        let slot = try endpointSlot(ep.ip)
         try writeLock.withLock { _ in
-            try endpoints.update(EndpointKeyRaw(addr: ep.ip.wire), ep.raw)
+            try endpoints.update(slot, ep.raw)
         }
         let prefix = "lxc\(ep.id)_"
         // Links of an earlier veth of the same endpoint (re-created interface).
@@ -123,18 +127,49 @@ public final class NodeDatapath: @unchecked Sendable {
 
     /// Writes (or rewrites) the endpoint's entry without touching attachments.
     public func updateEndpoint(_ ep: EndpointEntry) throws {
+        let slot = try endpointSlot(ep.ip)
         try writeLock.withLock { _ in
-            try endpoints.update(EndpointKeyRaw(addr: ep.ip.wire), ep.raw)
+            try endpoints.update(slot, ep.raw)
+        }
+    }
+
+    /// The endpoints array has one slot per address of the node's pod CIDR, at most
+    /// 65,536 (a /16; bpf/lib/endpoints.h).
+    static func endpointSlots(_ podCIDR: IPv4Prefix) -> Int {
+        Int(min(podCIDR.size, 65536))
+    }
+
+    /// The slot of a local endpoint's address: its offset in the node's pod CIDR.
+    func endpointSlot(_ ip: IPv4Address) throws -> UInt32 {
+        let cidr = config.podCIDR
+        guard cidr.contains(ip) else {
+            throw BPFError("endpoint \(ip): not in this node's pod CIDR \(cidr); the datapath only knows local pods there",
+                           errno: EINVAL)
+        }
+        let slot = ip.value &- cidr.address.value
+        guard Int(slot) < endpoints.spec.maxEntries else {
+            throw BPFError("endpoint \(ip): beyond the first \(endpoints.spec.maxEntries) addresses of the pod CIDR \(cidr)",
+                           errno: E2BIG)
+        }
+        return slot
+    }
+
+    /// The endpoints in use, by slot (free slots have endpoint id 0).
+    private func endpointSlotsInUse() throws -> [(UInt32, EndpointInfoRaw)] {
+        try (0..<UInt32(endpoints.spec.maxEntries)).compactMap { slot in
+            guard let v = try endpoints.lookup(slot, as: EndpointInfoRaw.self), v.epID != 0 else { return nil }
+            return (slot, v)
         }
     }
 
     /// Detaches the endpoint's programs and removes its entry and policy.
     public func removeEndpoint(id: UInt32, ip: IPv4Address, hostIfindex: Int32) throws {
         for name in linkPins() where name.hasPrefix("lxc\(id)_") { try removeLink(name) }
-        try writeLock.withLock { _ in
-            if let raw = try endpoints.lookup(EndpointKeyRaw(addr: ip.wire), as: EndpointInfoRaw.self),
-               raw.epID == id {
-                try endpoints.delete(EndpointKeyRaw(addr: ip.wire))
+        if let slot = try? endpointSlot(ip) {
+            try writeLock.withLock { _ in
+                if let raw = try endpoints.lookup(slot, as: EndpointInfoRaw.self), raw.epID == id {
+                    try endpoints.update(slot, EndpointInfoRaw.free)
+                }
             }
         }
         for key in try policy.keys(as: PolicyKeyRaw.self) where key.epID == id {
@@ -201,8 +236,8 @@ public final class NodeDatapath: @unchecked Sendable {
     }
 
     public func dumpEndpoints() throws -> [EndpointEntry] {
-        try endpoints.entries(EndpointKeyRaw.self, EndpointInfoRaw.self)
-            .map { EndpointEntry(ip: IPv4Address(wire: $0.addr), raw: $1) }
+        try endpointSlotsInUse()
+            .map { EndpointEntry(ip: config.podCIDR.address(at: $0), raw: $1) }
             .sorted { $0.id < $1.id }
     }
 
@@ -235,7 +270,7 @@ public final class NodeDatapath: @unchecked Sendable {
     /// Sets or clears an endpoint's lockdown flag.
     public func setLockdown(endpointID: UInt32, _ on: Bool) throws {
         try writeLock.withLock { _ in
-            for (k, var v) in try endpoints.entries(EndpointKeyRaw.self, EndpointInfoRaw.self) where v.epID == endpointID {
+            for (k, var v) in try endpointSlotsInUse() where v.epID == endpointID {
                 if on { v.flags |= EndpointInfoRaw.lockdown } else { v.flags &= ~EndpointInfoRaw.lockdown }
                 try endpoints.update(k, v, flags: .exist)
             }
@@ -420,7 +455,7 @@ extension NodeDatapath {
     public func mapUsage() throws -> [MapUsage] {
         [
             MapUsage(name: ipcache.name, entries: try ipcache.keys(as: IPCacheKeyRaw.self).count, capacity: ipcache.spec.maxEntries),
-            MapUsage(name: endpoints.name, entries: try endpoints.keys(as: EndpointKeyRaw.self).count, capacity: endpoints.spec.maxEntries),
+            MapUsage(name: endpoints.name, entries: try endpointSlotsInUse().count, capacity: endpoints.spec.maxEntries),
             MapUsage(name: policy.name, entries: try policy.keys(as: PolicyKeyRaw.self).count, capacity: policy.spec.maxEntries),
             MapUsage(name: conntrack.name, entries: try conntrack.keys(as: CTKeyRaw.self).count, capacity: conntrack.spec.maxEntries),
         ] + (try lb.usage()) + (try egress.usage())

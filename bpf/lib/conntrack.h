@@ -49,13 +49,16 @@ struct ct_entry {
 		__u32 rule_ref;         /* rule that allowed the flow (0 = default allow) */
 		__u32 backend_id;       /* service entries: the backend chosen */
 	};
-	__u32 src_identity;     /* identity of the initiator */
+	__u32 src_identity;     /* identity of the initiator (both identities: what a later
+				 * packet's event reports without an ipcache lookup) */
 	__u8  tx_flags_seen;
 	__u8  rx_flags_seen;
 	__u8  flags;            /* FTH_CT_F_* */
 	__u8  pad0;
 	__u16 rev_nat_id;       /* translated from this service frontend (lib/lb.h), 0 = none */
 	__u8  pad[2];
+	__u32 dst_identity;     /* identity of the responder */
+	__u32 pad1;
 };
 
 /* Written by the programs (create, update) and the agent (expire). */
@@ -64,7 +67,7 @@ struct {
 	__type(key, struct ct_key);
 	__type(value, struct ct_entry);
 	__uint(max_entries, 65536);
-} fth_ct4_v1 SEC(".maps");
+} fth_ct4_v2 SEC(".maps");
 
 /* CLOCK_MONOTONIC seconds, from the coarse clock: the tick's time, read without
  * the clock source (every packet of a tracked flow refreshes its expiry, and a
@@ -101,14 +104,14 @@ static __always_inline int ct_lookup(const struct fth_flow *f, __u8 *new_flags, 
 
 	*new_flags = 0;
 	*first = 0;
-	e = bpf_map_lookup_elem(&fth_ct4_v1, &k);
+	e = bpf_map_lookup_elem(&fth_ct4_v2, &k);
 	if (!e) {
 		/* a SYN without ACK opens a connection: never a reply, no second lookup */
 		if (f->proto == IPPROTO_TCP && (f->tcp_flags & (FTH_TCP_SYN | FTH_TCP_ACK)) == FTH_TCP_SYN)
 			return FTH_CT_NEW;
 		k.saddr = f->daddr; k.daddr = f->saddr;
 		k.sport = f->dport; k.dport = f->sport;
-		e = bpf_map_lookup_elem(&fth_ct4_v1, &k);
+		e = bpf_map_lookup_elem(&fth_ct4_v2, &k);
 		if (!e)
 			return FTH_CT_NEW;
 		state = FTH_CT_REPLY;
@@ -133,8 +136,8 @@ static __always_inline int ct_lookup(const struct fth_flow *f, __u8 *new_flags, 
 	return state;
 }
 
-static __always_inline int ct_create(const struct fth_flow *f, __u32 src_identity, __u32 rule_ref,
-				     __u16 rev_nat_id)
+static __always_inline int ct_create(const struct fth_flow *f, __u32 src_identity, __u32 dst_identity,
+				     __u32 rule_ref, __u16 rev_nat_id)
 {
 	struct ct_key k = {
 		.saddr = f->saddr, .daddr = f->daddr,
@@ -145,11 +148,12 @@ static __always_inline int ct_create(const struct fth_flow *f, __u32 src_identit
 		.tx_bytes = f->len,
 		.rule_ref = rule_ref,
 		.src_identity = src_identity,
+		.dst_identity = dst_identity,
 		.tx_flags_seen = f->tcp_flags,
 		.rev_nat_id = rev_nat_id,
 	};
 	e.expires = ct_now() + ct_lifetime(f, 0);
-	if (bpf_map_update_elem(&fth_ct4_v1, &k, &e, BPF_ANY) < 0)
+	if (bpf_map_update_elem(&fth_ct4_v2, &k, &e, BPF_ANY) < 0)
 		return FTH_DROP_CT_CREATE_FAILED;
 	return 0;
 }

@@ -135,7 +135,7 @@ static __always_inline int ct_is_reply(const struct fth_flow *f)
 		.saddr = f->daddr, .daddr = f->saddr, .sport = f->dport, .dport = f->sport, .proto = f->proto,
 	};
 
-	return bpf_map_lookup_elem(&fth_ct4_v1, &k) != 0;
+	return bpf_map_lookup_elem(&fth_ct4_v2, &k) != 0;
 }
 
 /* Source-translates a pod's packet (c->flow, kept as it was for the event) to

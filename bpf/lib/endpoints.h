@@ -1,9 +1,13 @@
-/* Local endpoints: the pods on this node, keyed by their IPv4 address.
+/* Local endpoints: the pods on this node, one slot per address of the node's pod
+ * CIDR (slot = address - first address of the CIDR, host order).
  *
  * Written by the agent when a pod's programs are attached; read to find the
- * source endpoint of a packet from a pod and the destination of a packet to one.
- * The flags say whether policy is enforced per direction and whether the
- * endpoint is in lockdown (its policy did not fit: everything is dropped).
+ * source endpoint of a packet from a pod and the destination of a packet to one,
+ * twice for most packets: an array slot is a bounds check and a pointer, where a
+ * hash lookup hashes the key and walks a bucket. The loader sizes the array to
+ * the pod CIDR (at most FTH_EP_MAX_SLOTS); a slot with ep_id 0 is free. The
+ * flags say whether policy is enforced per direction and whether the endpoint
+ * is in lockdown (its policy did not fit: everything is dropped).
  */
 #pragma once
 #include "common.h"
@@ -12,12 +16,10 @@
 #define FTH_EP_EGRESS_ENFORCED  (1 << 1)
 #define FTH_EP_LOCKDOWN         (1 << 2)
 
-struct endpoint_key {
-	__u32 addr;             /* network order */
-};
+#define FTH_EP_MAX_SLOTS 65536  /* a /16 pod CIDR per node */
 
 struct endpoint_info {
-	__u32 ep_id;
+	__u32 ep_id;            /* 0 = free slot */
 	__u32 identity;
 	__u32 ifindex;          /* host-side veth */
 	__u32 flags;            /* FTH_EP_* */
@@ -26,21 +28,24 @@ struct endpoint_info {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct endpoint_key);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
 	__type(value, struct endpoint_info);
-	__uint(max_entries, 1024);
-} fth_ep4_v1 SEC(".maps");
+	__uint(max_entries, 256); /* set by the loader from the pod CIDR */
+} fth_ep4_v2 SEC(".maps");
 
 /* Every local endpoint has an address of this node's pod CIDR: any other address
- * (another node's pod, the outside) is answered without a hash lookup. */
+ * (another node's pod, the outside) is answered without a lookup. */
 static __always_inline struct endpoint_info *endpoint_lookup(__u32 addr)
 {
-	struct endpoint_key k = { .addr = addr };
+	__u32 slot;
+	struct endpoint_info *ep;
 
 	if (!in_pod_cidr(addr))
 		return 0;
-	return bpf_map_lookup_elem(&fth_ep4_v1, &k);
+	slot = bpf_ntohl(addr) - bpf_ntohl(fth_pod_cidr);
+	ep = bpf_map_lookup_elem(&fth_ep4_v2, &slot);
+	return ep && ep->ep_id ? ep : 0;
 }
 
 /* Delivers to a local pod: MACs rewritten as the host veth would, TTL

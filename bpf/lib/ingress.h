@@ -13,6 +13,25 @@
 #include "conntrack.h"
 #include "events.h"
 
+/* A tracked packet's identities for its event, from its conntrack entry (those its
+ * connection was allowed with) instead of ipcache lookups; an identity the program
+ * knows already (a local endpoint's) is kept, and an entry without them (0) leaves
+ * the lookup to ctx_identities(). */
+static __always_inline void ct_identities(struct fth_ctx *c, const struct ct_entry *e, int reply)
+{
+	__u32 src = reply ? e->dst_identity : e->src_identity;
+	__u32 dst = reply ? e->src_identity : e->dst_identity;
+
+	if ((c->lazy & FTH_LAZY_SRC) && src) {
+		c->src_identity = src;
+		c->lazy &= ~FTH_LAZY_SRC;
+	}
+	if ((c->lazy & FTH_LAZY_DST) && dst) {
+		c->dst_identity = dst;
+		c->lazy &= ~FTH_LAZY_DST;
+	}
+}
+
 /* Tracks the flow; on a new one runs the given policy checks and creates the
  * entry. *trace gets the trace reason to report (0 = none). */
 static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoint_info *src_ep,
@@ -28,8 +47,11 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 		c->is_reply = 1;
 		if (e)
 			c->rev_nat_id = e->rev_nat_id;
-		if (first || (new_flags & fth_trace_flags))
+		if (first || (new_flags & fth_trace_flags)) {
 			*trace = FTH_TRACE_REPLY;
+			if (e)
+				ct_identities(c, e, 1);
+		}
 		return 0;
 	}
 	/* A new connection on the tuple of an old one: the tuple was translated
@@ -41,8 +63,11 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 	     ((c->flow.tcp_flags & (FTH_TCP_SYN | FTH_TCP_ACK)) == FTH_TCP_SYN && (e->flags & FTH_CT_F_CLOSING))))
 		state = FTH_CT_NEW;
 	if (state == FTH_CT_ESTABLISHED) {
-		if (new_flags & fth_trace_flags)
+		if (new_flags & fth_trace_flags) {
 			*trace = FTH_TRACE_ESTABLISHED;
+			if (e)
+				ct_identities(c, e, 0);
+		}
 		return 0;
 	}
 	ctx_identities(c);
@@ -64,7 +89,7 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 			return ret;
 		}
 	}
-	ret = ct_create(&c->flow, c->src_identity, c->rule_ref, c->rev_nat_id);
+	ret = ct_create(&c->flow, c->src_identity, c->dst_identity, c->rule_ref, c->rev_nat_id);
 	if (ret)
 		return ret;
 	*trace = FTH_TRACE_NEW;

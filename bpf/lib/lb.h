@@ -185,7 +185,7 @@ static __always_inline struct lb4_backend *lb4_select(const struct lb4_service *
 	};
 	struct lb4_aff_key ak = { .client = f->saddr, .svc_id = svc->id };
 	struct lb4_backend *be = 0;
-	struct ct_entry *e = bpf_map_lookup_elem(&fth_ct4_v1, &k);
+	struct ct_entry *e = bpf_map_lookup_elem(&fth_ct4_v2, &k);
 	__u64 now = ct_now();
 	__u32 id = 0;
 
@@ -232,7 +232,7 @@ static __always_inline struct lb4_backend *lb4_select(const struct lb4_service *
 			.rev_nat_id = (__u16)svc->id, .tx_flags_seen = f->tcp_flags,
 		};
 		n.expires = now + ct_lifetime(f, 0);
-		if (bpf_map_update_elem(&fth_ct4_v1, &k, &n, BPF_ANY) < 0) {
+		if (bpf_map_update_elem(&fth_ct4_v2, &k, &n, BPF_ANY) < 0) {
 			*reason = FTH_DROP_CT_CREATE_FAILED;
 			return 0;
 		}
