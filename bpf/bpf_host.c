@@ -219,6 +219,8 @@ static __always_inline int host_to_service(struct __sk_buff *skb, struct fth_ctx
 
 /* to-netdev (tcx egress on the uplink): a pod's packet leaving the cluster gets a
  * node's source here (masquerade, or the egress IP when this node is its gateway);
+ * one from-container forwarded to another node's pod carries FTH_MARK_IN_CLUSTER and
+ * passes at once (the mark taken off);
  * the node's own packet to a cluster IP is translated to a backend; one on its way
  * to another node's gateway, the node's other traffic and replies pass untouched
  * (lib/egress.h). */
@@ -233,6 +235,10 @@ int fth_to_netdev(struct __sk_buff *skb)
 	__u32 nat_addr;
 	int ret;
 
+	if ((skb->mark & FTH_MARK_MAGIC_MASK) == FTH_MARK_IN_CLUSTER) {
+		skb->mark = 0;          /* a pod's packet from-container forwarded in the cluster */
+		return TC_ACT_OK;
+	}
 	if (!is_ipv4(skb))
 		return TC_ACT_OK;
 	if (parse_ipv4(skb, &c.flow))

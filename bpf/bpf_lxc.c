@@ -93,13 +93,18 @@ static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct fth
 		/* leaving the cluster through another node's egress gateway: sent there
 		 * untranslated (lib/egress.h) */
 		__u8 reason = 0;
-		__u32 via = egress_leaves_cluster(c->flow.daddr) ? egress_next_hop(&c->flow, &reason) : 0;
+		int leaves = egress_leaves_cluster(c->flow.daddr);
+		__u32 via = leaves ? egress_next_hop(&c->flow, &reason) : 0;
 
 		if (reason)
 			return drop(skb, c, reason, FTH_DIR_EGRESS);
 		ret = fib_forward_ipv4_via(skb, &f, via);
 		if (ret < 0)
 			return drop(skb, c, -ret, FTH_DIR_EGRESS);
+		/* to another node's pod (or a node address): nothing for to-netdev to
+		 * translate; only a redirected packet, never one handed to the stack */
+		if (!leaves && ret == TC_ACT_REDIRECT)
+			skb->mark = FTH_MARK_IN_CLUSTER;
 		return forward(skb, c, trace, ret);
 	}
 	ret = endpoint_deliver(skb, dst);

@@ -43,29 +43,41 @@ public final class Program: @unchecked Sendable {
         public var verdict: UInt32
         /// The packet as the program left it.
         public var packet: [UInt8]
+        /// The `struct __sk_buff` as the program left it (empty when none was given).
+        public var context: [UInt8] = []
+
+        /// `skb->mark` after the run (offset 8 of `struct __sk_buff`), 0 without a context.
+        public var mark: UInt32 {
+            guard context.count >= 12 else { return 0 }
+            return context[8..<12].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
+        }
     }
 
     /// Runs the program once on `packet` with BPF_PROG_TEST_RUN; `context` is an
-    /// optional `struct __sk_buff` prefix (e.g. to set `ingress_ifindex`).
+    /// optional `struct __sk_buff` prefix (e.g. to set `ingress_ifindex`), returned as
+    /// the program left it.
     public func testRun(packet: [UInt8], context: [UInt8]? = nil) throws -> TestRunResult {
         var out = [UInt8](repeating: 0, count: packet.count + 256)
         var outSize = UInt32(out.count)
         var verdict: UInt32 = 0
+        var ctxOut = [UInt8](repeating: 0, count: context?.count ?? 0)
         let rc = packet.withUnsafeBytes { inBuf in
             out.withUnsafeMutableBytes { outBuf in
                 if let context {
                     return context.withUnsafeBytes { ctx in
-                        fth_bpf_prog_test_run(fd, inBuf.baseAddress, UInt32(inBuf.count),
-                                              outBuf.baseAddress, &outSize,
-                                              ctx.baseAddress, UInt32(ctx.count), &verdict)
+                        ctxOut.withUnsafeMutableBytes { ctxOutBuf in
+                            fth_bpf_prog_test_run(fd, inBuf.baseAddress, UInt32(inBuf.count),
+                                                  outBuf.baseAddress, &outSize,
+                                                  ctx.baseAddress, ctxOutBuf.baseAddress, UInt32(ctx.count), &verdict)
+                        }
                     }
                 }
                 return fth_bpf_prog_test_run(fd, inBuf.baseAddress, UInt32(inBuf.count),
-                                             outBuf.baseAddress, &outSize, nil, 0, &verdict)
+                                             outBuf.baseAddress, &outSize, nil, nil, 0, &verdict)
             }
         }
         if rc < 0 { throw BPFError("test run \(name)", errno: rc) }
-        return TestRunResult(verdict: verdict, packet: Array(out.prefix(Int(outSize))))
+        return TestRunResult(verdict: verdict, packet: Array(out.prefix(Int(outSize))), context: ctxOut)
     }
 }
 

@@ -46,6 +46,20 @@ struct EgressFixtureTests {
         #expect(S.checksumsValid(reply.packet))
     }
 
+    @Test func aPacketFromContainerForwardedInTheClusterPassesToNetdevUntouched() throws {
+        let f = try Fixture()
+        // A packet that would be masqueraded, carrying from-container's in-cluster mark:
+        // to-netdev lets it go as it is and takes the mark off.
+        let syn = S.tcp(a.ip, Self.external, 40001, 80)
+        let out = try f.dp.testRun(.toNetdev, packet: syn, context: Fixture.context(mark: Fixture.inClusterMark))
+        #expect(out.verdict == TC.ok && out.packet == syn)
+        #expect(out.mark == 0, "the mark stays on the node")
+        #expect(try f.dp.dumpNAT().isEmpty && f.dp.flushEvents().isEmpty)
+        // Other bits of the mark are not ours: the packet is judged as any other.
+        let other = try f.dp.testRun(.toNetdev, packet: syn, context: Fixture.context(mark: 0x0100))
+        #expect(S.src(other.packet) == Self.node)
+    }
+
     @Test func udpIsMasqueradedAndIcmpIsDroppedWithAReason() throws {
         let f = try Fixture()
         let out = try toNetdev(f, S.udp(a.ip, Self.external, 5353, 53))

@@ -73,16 +73,22 @@ final class Fixture {
         try? NodeDatapath.removePins(at: pinDirectory)
     }
 
-    /// `struct __sk_buff` for the test run with `ingress_ifindex` (offset 36) and
-    /// `ifindex` (offset 40: the device the packet is on, e.g. for an egress program) set.
-    static func context(ingressIfindex: Int32 = 0, ifindex: Int32 = 0) -> [UInt8] {
+    /// `struct __sk_buff` for the test run with `mark` (offset 8), `ingress_ifindex`
+    /// (offset 36) and `ifindex` (offset 40: the device the packet is on, e.g. for an
+    /// egress program) set.
+    static func context(ingressIfindex: Int32 = 0, ifindex: Int32 = 0, mark: UInt32 = 0) -> [UInt8] {
         var ctx = [UInt8](repeating: 0, count: 192)
+        withUnsafeBytes(of: mark.littleEndian) { ctx.replaceSubrange(8..<12, with: $0) }
         withUnsafeBytes(of: UInt32(bitPattern: ingressIfindex).littleEndian) { ctx.replaceSubrange(36..<40, with: $0) }
         withUnsafeBytes(of: UInt32(bitPattern: ifindex).littleEndian) { ctx.replaceSubrange(40..<44, with: $0) }
         return ctx
     }
 
     /// Runs from-container of `ep` on a packet.
+    /// skb->mark from-container leaves on a pod's packet it redirected to another node's
+    /// pod, for to-netdev (FTH_MARK_IN_CLUSTER, bpf/lib/common.h).
+    static let inClusterMark: UInt32 = 0x0E00
+
     func fromContainer(_ ep: EndpointEntry, _ packet: [UInt8]) throws -> Program.TestRunResult {
         try dp.testRun(.fromContainer, packet: packet, context: Self.context(ingressIfindex: ep.hostIfindex))
     }

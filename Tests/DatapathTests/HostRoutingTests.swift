@@ -112,6 +112,7 @@ struct HostRoutingTests {
         #expect(ttl(r.packet) == 63, "TTL decremented")
         #expect(ipChecksumValid(r.packet), "IPv4 checksum still valid")
         #expect(Array(r.packet[34...]) == Array(sent[34...]), "L4 untouched")
+        #expect(r.mark == Fixture.inClusterMark, "to-netdev is told there is nothing to translate")
         // Conntrack and the trace event as before; the event reports the redirect.
         let trace = try #require(try f.dp.flushEvents().first { $0.kind == .trace })
         #expect(trace.traceReason == .new && trace.verdict == UInt16(TC.redirect))
@@ -132,6 +133,7 @@ struct HostRoutingTests {
         #expect(Array(r.packet[0..<12]) == Array(sent[0..<12]))
         #expect(ttl(r.packet) == 63)
         #expect(ipChecksumValid(r.packet))
+        #expect(r.mark == 0, "leaving the cluster: to-netdev masquerades it")
     }
 
     @Test func nodeRouterUnreachableAndExpiringTTLGoUpTheStack() throws {
@@ -151,6 +153,7 @@ struct HostRoutingTests {
             let r = try ns.run { try f.fromContainer(pod, sent) }
             #expect(r.verdict == TC.ok, "\(what)")
             #expect(r.packet == sent, "\(what): untouched, the stack routes it")
+            #expect(r.mark == 0, "\(what): no mark into the node's stack")
         }
         #expect(try f.drops().isEmpty)
         // ARP still passes.

@@ -40,6 +40,14 @@ const volatile __u32 fth_cluster_cidr_mask = 0;
 #define TC_ACT_REDIRECT 7
 #endif
 
+/* skb->mark between our own programs (Cilium keeps its MARK_MAGIC_* in the same
+ * bits): a pod's packet that from-container already judged and redirected to the
+ * uplink, for a destination inside the cluster, on which to-netdev has nothing to
+ * do. The mark never leaves the node: to-netdev clears it, and a packet crossing
+ * into another namespace loses its mark anyway. */
+#define FTH_MARK_MAGIC_MASK 0x0F00
+#define FTH_MARK_IN_CLUSTER 0x0E00
+
 #define FTH_TCP_FIN 0x01
 #define FTH_TCP_SYN 0x02
 #define FTH_TCP_RST 0x04
