@@ -83,9 +83,16 @@ struct CTKeyRaw: BitwiseCopyable {
     var proto: UInt8
     var flags: UInt8 = 0
     var pad: (UInt8, UInt8) = (0, 0)
+
+    /// The tuple seen from its other end.
+    var reversed: CTKeyRaw {
+        CTKeyRaw(saddr: daddr, daddr: saddr, sport: dport, dport: sport, proto: proto, flags: flags)
+    }
 }
 
 struct CTEntryRaw: BitwiseCopyable {
+    /// FTH_CT_F_SWAPPED: the key's first end is the responder (bpf/lib/conntrack.h).
+    static let swapped: UInt8 = 0x04
     var expires: UInt64
     var txPackets: UInt64
     var txBytes: UInt64

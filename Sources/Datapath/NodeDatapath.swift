@@ -290,15 +290,17 @@ public final class NodeDatapath: @unchecked Sendable {
     // MARK: conntrack
 
     public func dumpConntrack() throws -> [ConntrackEntry] {
-        try conntrack.entries(CTKeyRaw.self, CTEntryRaw.self).map { k, v in
-            ConntrackEntry(source: IPv4Address(wire: k.saddr), destination: IPv4Address(wire: k.daddr),
-                           sourcePort: k.sport, destinationPort: k.dport, proto: k.proto,
-                           expires: v.expires, txPackets: v.txPackets, txBytes: v.txBytes,
-                           rxPackets: v.rxPackets, rxBytes: v.rxBytes, ruleRef: v.ruleRef,
-                           sourceIdentity: v.srcIdentity, txFlagsSeen: v.txFlagsSeen,
-                           rxFlagsSeen: v.rxFlagsSeen, seenReply: v.flags & 1 != 0, closing: v.flags & 2 != 0,
-                           isService: k.flags & CTKeyRaw.service != 0,
-                           backendID: k.flags & CTKeyRaw.service != 0 ? v.ruleRef : 0, revNatID: v.revNatID)
+        try conntrack.entries(CTKeyRaw.self, CTEntryRaw.self).map { key, v in
+            // keys have their lower end first: shown from the initiator's side
+            let k = v.flags & CTEntryRaw.swapped != 0 ? key.reversed : key
+            return ConntrackEntry(source: IPv4Address(wire: k.saddr), destination: IPv4Address(wire: k.daddr),
+                                  sourcePort: k.sport, destinationPort: k.dport, proto: k.proto,
+                                  expires: v.expires, txPackets: v.txPackets, txBytes: v.txBytes,
+                                  rxPackets: v.rxPackets, rxBytes: v.rxBytes, ruleRef: v.ruleRef,
+                                  sourceIdentity: v.srcIdentity, txFlagsSeen: v.txFlagsSeen,
+                                  rxFlagsSeen: v.rxFlagsSeen, seenReply: v.flags & 1 != 0, closing: v.flags & 2 != 0,
+                                  isService: k.flags & CTKeyRaw.service != 0,
+                                  backendID: k.flags & CTKeyRaw.service != 0 ? v.ruleRef : 0, revNatID: v.revNatID)
         }
     }
 

@@ -105,6 +105,39 @@ struct PolicyFixtureTests {
         #expect(try f.dp.dumpConntrack().isEmpty)
     }
 
+    /// One entry per connection, found with one lookup from either end: its key has the
+    /// lower address first whichever side opened it, and the entry says which side did.
+    @Test func aConnectionIsOneEntryWhicheverEndOpenedIt() throws {
+        let remote = Fixture.remotePod      // 10.42.2.20: above a's address
+        for podOpens in [true, false] {
+            let f = try Fixture(endpoints: [a, b])
+            let out = { (flags: UInt8) in
+                try f.fromContainer(self.a, packet(self.a.ip, remote).tcp(sport: 41000, dport: 8080, flags: flags)).verdict
+            }
+            let into = { (flags: UInt8) in
+                try f.fromNetdev(packet(remote, self.a.ip).tcp(sport: 8080, dport: 41000, flags: flags)).verdict
+            }
+            if podOpens {
+                _ = try out(0x02); _ = try into(0x12); _ = try out(0x10)
+            } else {
+                _ = try into(0x02); _ = try out(0x12); _ = try into(0x10)
+            }
+            let traces = try f.dp.flushEvents().filter { $0.kind == .trace }
+            #expect(traces.map(\.traceReason) == [.new, .reply], "opened by \(podOpens ? "the pod" : "the remote pod")")
+            // the reply's event takes both identities from the entry
+            let opener = podOpens ? a.identity : Fixture.remoteIdentity
+            let answerer = podOpens ? Fixture.remoteIdentity : a.identity
+            #expect(traces.last?.sourceIdentity == answerer && traces.last?.destinationIdentity == opener)
+            let ct = try f.dp.dumpConntrack()
+            #expect(ct.count == 1)
+            let e = try #require(ct.first)
+            #expect(e.source == (podOpens ? a.ip : remote) && e.destination == (podOpens ? remote : a.ip),
+                    "shown from the side that opened it")
+            #expect(e.sourcePort == (podOpens ? 41000 : 8080))
+            #expect(e.txPackets == 2 && e.rxPackets == 1 && e.seenReply && e.sourceIdentity == opener)
+        }
+    }
+
     @Test func everyNewFlagIsReportedWhenTheAgentAsksForAll() throws {
         let f = try Fixture(traceFlags: 0xff)
         let remote = Fixture.remotePod

@@ -1,8 +1,10 @@
 /* Connection tracking: which flows policy has already allowed.
  *
- * One LRU hash per node, keyed by the tuple of the connection's first packet.
- * A packet whose tuple matches is `established`; one whose reversed tuple
- * matches is a `reply`; both pass without a policy lookup. Entries keep the TCP
+ * One LRU hash per node, keyed by a connection's tuple with its lower (address,
+ * port) end first, so that a packet of either direction finds the entry with one
+ * lookup; FTH_CT_F_SWAPPED on the entry says the initiator is the key's second end.
+ * A packet from the initiator is `established`, one to it a `reply`; both pass
+ * without a policy lookup. Entries keep the TCP
  * flags seen per direction (a new flag is a trace event), packet and byte counts
  * and the rule that allowed the flow. `expires` is CLOCK_MONOTONIC seconds; the
  * agent deletes expired entries (LRU eviction is the backstop).
@@ -26,9 +28,10 @@
 
 #define FTH_CT_F_SEEN_REPLY 0x01
 #define FTH_CT_F_CLOSING    0x02
+#define FTH_CT_F_SWAPPED    0x04    /* key's saddr/sport is the responder's end */
 
 struct ct_key {
-	__u32 saddr;            /* network order, of the connection's initiator */
+	__u32 saddr;            /* network order, the lower end (FTH_CT_F_SWAPPED: the responder) */
 	__u32 daddr;
 	__u16 sport;            /* host order */
 	__u16 dport;
@@ -89,33 +92,42 @@ static __always_inline __u64 ct_lifetime(const struct fth_flow *f, __u8 flags)
 	return FTH_CT_LIFETIME_TCP;
 }
 
-/* Looks the flow up in both directions and accounts the packet.
- * *new_flags gets the TCP flags not seen before in this packet's direction, and
- * *first is set on the first packet of the reply direction. */
+/* A connection's key, the same for both directions: the lower (address, port) end
+ * first. Returns 1 when that is the packet's destination (the key is its tuple
+ * reversed). Service entries (lib/lb.h) are keyed by the packet's own tuple. */
+static __always_inline int ct_key_of(const struct fth_flow *f, struct ct_key *k)
+{
+	int swap = f->saddr > f->daddr || (f->saddr == f->daddr && f->sport > f->dport);
+
+	k->saddr = swap ? f->daddr : f->saddr;
+	k->daddr = swap ? f->saddr : f->daddr;
+	k->sport = swap ? f->dport : f->sport;
+	k->dport = swap ? f->sport : f->dport;
+	k->proto = f->proto;
+	k->flags = 0;
+	k->pad[0] = 0;
+	k->pad[1] = 0;
+	return swap;
+}
+
+/* Looks the flow's connection up (one lookup for either direction) and accounts the
+ * packet. *new_flags gets the TCP flags not seen before in this packet's direction,
+ * and *first is set on the first packet of the reply direction. */
 static __always_inline int ct_lookup(const struct fth_flow *f, __u8 *new_flags, int *first,
 				     struct ct_entry **out)
 {
-	struct ct_key k = {
-		.saddr = f->saddr, .daddr = f->daddr,
-		.sport = f->sport, .dport = f->dport, .proto = f->proto,
-	};
+	struct ct_key k;
 	struct ct_entry *e;
-	int state = FTH_CT_ESTABLISHED;
+	int swapped = ct_key_of(f, &k);
+	int state;
 
 	*new_flags = 0;
 	*first = 0;
 	e = bpf_map_lookup_elem(&fth_ct4_v2, &k);
-	if (!e) {
-		/* a SYN without ACK opens a connection: never a reply, no second lookup */
-		if (f->proto == IPPROTO_TCP && (f->tcp_flags & (FTH_TCP_SYN | FTH_TCP_ACK)) == FTH_TCP_SYN)
-			return FTH_CT_NEW;
-		k.saddr = f->daddr; k.daddr = f->saddr;
-		k.sport = f->dport; k.dport = f->sport;
-		e = bpf_map_lookup_elem(&fth_ct4_v2, &k);
-		if (!e)
-			return FTH_CT_NEW;
-		state = FTH_CT_REPLY;
-	}
+	if (!e)
+		return FTH_CT_NEW;
+	/* from the initiator when the packet's tuple is oriented as the first one was */
+	state = swapped == !!(e->flags & FTH_CT_F_SWAPPED) ? FTH_CT_ESTABLISHED : FTH_CT_REPLY;
 	*out = e;
 	if (f->tcp_flags & (FTH_TCP_FIN | FTH_TCP_RST))
 		e->flags |= FTH_CT_F_CLOSING;
@@ -136,13 +148,21 @@ static __always_inline int ct_lookup(const struct fth_flow *f, __u8 *new_flags, 
 	return state;
 }
 
+/* Is the packet a reply of a tracked connection? (No accounting.) */
+static __always_inline int ct_is_reply(const struct fth_flow *f)
+{
+	struct ct_key k;
+	int swapped = ct_key_of(f, &k);
+	struct ct_entry *e = bpf_map_lookup_elem(&fth_ct4_v2, &k);
+
+	return e && swapped != !!(e->flags & FTH_CT_F_SWAPPED);
+}
+
 static __always_inline int ct_create(const struct fth_flow *f, __u32 src_identity, __u32 dst_identity,
 				     __u32 rule_ref, __u16 rev_nat_id)
 {
-	struct ct_key k = {
-		.saddr = f->saddr, .daddr = f->daddr,
-		.sport = f->sport, .dport = f->dport, .proto = f->proto,
-	};
+	struct ct_key k;
+	int swapped = ct_key_of(f, &k);
 	struct ct_entry e = {
 		.tx_packets = 1,
 		.tx_bytes = f->len,
@@ -151,6 +171,7 @@ static __always_inline int ct_create(const struct fth_flow *f, __u32 src_identit
 		.dst_identity = dst_identity,
 		.tx_flags_seen = f->tcp_flags,
 		.rev_nat_id = rev_nat_id,
+		.flags = swapped ? FTH_CT_F_SWAPPED : 0,
 	};
 	e.expires = ct_now() + ct_lifetime(f, 0);
 	if (bpf_map_update_elem(&fth_ct4_v2, &k, &e, BPF_ANY) < 0)

@@ -125,18 +125,6 @@ static __always_inline int nat_exists(const struct fth_flow *f)
 	return bpf_map_lookup_elem(&fth_nat4_v1, &out) != 0;
 }
 
-/* Is this packet a reply of a connection the other side opened (conntrack has the
- * reversed tuple)? Replies are never masqueraded. */
-static __always_inline int ct_is_reply(const struct fth_flow *f)
-{
-	/* ICMP echo keeps the id in sport of a request and dport of a reply (common.h),
-	 * so the plain reversal finds the request's entry for every protocol. */
-	struct ct_key k = {
-		.saddr = f->daddr, .daddr = f->saddr, .sport = f->dport, .dport = f->sport, .proto = f->proto,
-	};
-
-	return bpf_map_lookup_elem(&fth_ct4_v2, &k) != 0;
-}
 
 /* Source-translates a pod's packet (c->flow, kept as it was for the event) to
  * nat_addr; *out is the translated tuple. Returns 0 (c->xlated_saddr set, *trace
