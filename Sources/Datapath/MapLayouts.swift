@@ -9,6 +9,7 @@ enum MapName {
     static let ipcache = "fth_ipc4_v1"
     static let endpoints = "fth_ep4_v2"
     static let policy = "fth_pol4_v1"
+    static let policyExact = "fth_pol4x_v1"
     static let conntrack = "fth_ct4_v2"
     static let events = "fth_events_v1"
     static let metrics = "fth_metrics_v2"
@@ -61,6 +62,15 @@ struct EndpointInfoRaw: BitwiseCopyable {
 struct PolicyKeyRaw: BitwiseCopyable {
     static let fixedBits: UInt32 = 72
     var prefixlen: UInt32
+    var epID: UInt32
+    var identity: UInt32
+    var direction: UInt8
+    var proto: UInt8
+    var dport: UInt16      // network order
+}
+
+/// Key of the exact policy map: a full-length trie key without its prefix length.
+struct PolicyExactKeyRaw: BitwiseCopyable {
     var epID: UInt32
     var identity: UInt32
     var direction: UInt8

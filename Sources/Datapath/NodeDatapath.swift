@@ -21,6 +21,8 @@ public final class NodeDatapath: @unchecked Sendable {
     let ipcache: Map
     let endpoints: Map
     let policy: Map
+    /// The policy trie's full-length entries, looked up before it (bpf/lib/policy.h).
+    let policyExact: Map
     let conntrack: Map
     let eventsMap: Map
     let metrics: Map
@@ -55,6 +57,7 @@ public final class NodeDatapath: @unchecked Sendable {
         ipcache = try lxc.map(MapName.ipcache)
         endpoints = try lxc.map(MapName.endpoints)
         policy = try lxc.map(MapName.policy)
+        policyExact = try lxc.map(MapName.policyExact)
         conntrack = try lxc.map(MapName.conntrack)
         eventsMap = try lxc.map(MapName.events)
         metrics = try lxc.map(MapName.metrics)
@@ -172,6 +175,9 @@ public final class NodeDatapath: @unchecked Sendable {
                 }
             }
         }
+        for key in try policyExact.keys(as: PolicyExactKeyRaw.self) where key.epID == id {
+            try policyExact.delete(key)
+        }
         for key in try policy.keys(as: PolicyKeyRaw.self) where key.epID == id {
             try policy.delete(key)
         }
@@ -254,12 +260,19 @@ public final class NodeDatapath: @unchecked Sendable {
 
     /// Applies a diff to one endpoint's policy: deletes first, then upserts. When the map
     /// is full the endpoint is put in lockdown (fail closed) and `PolicyMapFull` thrown.
+    /// An entry for one remote identity, protocol and port is also written to the exact
+    /// map the datapath looks in first (bpf/lib/policy.h): after the trie on the way in,
+    /// before it on the way out, so that it never holds what the trie does not.
     public func setPolicy(endpointID: UInt32, upsert: [PolicyEntry], delete: [PolicyKey]) throws {
-        for key in delete { try policy.delete(key.raw(endpointID: endpointID)) }
+        for key in delete {
+            if let exact = key.exactRaw(endpointID: endpointID) { try policyExact.delete(exact) }
+            try policy.delete(key.raw(endpointID: endpointID))
+        }
         for entry in upsert {
             do {
-                try policy.update(entry.key.raw(endpointID: endpointID),
-                                  PolicyValueRaw(verdict: entry.verdict.rawValue, ruleRef: entry.ruleRef))
+                let value = PolicyValueRaw(verdict: entry.verdict.rawValue, ruleRef: entry.ruleRef)
+                try policy.update(entry.key.raw(endpointID: endpointID), value)
+                if let exact = entry.key.exactRaw(endpointID: endpointID) { try policyExact.update(exact, value) }
             } catch let e as BPFError where e.errno == ENOSPC || e.errno == E2BIG || e.errno == ENOMEM {
                 try setLockdown(endpointID: endpointID, true)
                 throw PolicyMapFull(endpointID: endpointID, underlying: e)
@@ -459,6 +472,8 @@ extension NodeDatapath {
             MapUsage(name: ipcache.name, entries: try ipcache.keys(as: IPCacheKeyRaw.self).count, capacity: ipcache.spec.maxEntries),
             MapUsage(name: endpoints.name, entries: try endpointSlotsInUse().count, capacity: endpoints.spec.maxEntries),
             MapUsage(name: policy.name, entries: try policy.keys(as: PolicyKeyRaw.self).count, capacity: policy.spec.maxEntries),
+            MapUsage(name: policyExact.name, entries: try policyExact.keys(as: PolicyExactKeyRaw.self).count,
+                     capacity: policyExact.spec.maxEntries),
             MapUsage(name: conntrack.name, entries: try conntrack.keys(as: CTKeyRaw.self).count, capacity: conntrack.spec.maxEntries),
         ] + (try lb.usage()) + (try egress.usage())
     }

@@ -173,6 +173,14 @@ public struct PolicyKey: Sendable, Hashable, CustomStringConvertible {
                             direction: direction.rawValue, proto: proto, dport: port.bigEndian)
     }
 
+    /// The key in the exact map, for an entry of one remote identity, protocol and
+    /// port (the trie's full length); nil for any other.
+    func exactRaw(endpointID: UInt32) -> PolicyExactKeyRaw? {
+        guard remoteIdentity != 0, proto != 0, portPrefixLength == 16 else { return nil }
+        return PolicyExactKeyRaw(epID: endpointID, identity: remoteIdentity, direction: direction.rawValue,
+                                 proto: proto, dport: port.bigEndian)
+    }
+
     init?(raw: PolicyKeyRaw) {
         guard let dir = TrafficDirection(rawValue: raw.direction) else { return nil }
         let portLen = raw.prefixlen <= PolicyKeyRaw.fixedBits + 8 ? 0 : UInt8(raw.prefixlen - PolicyKeyRaw.fixedBits - 8)

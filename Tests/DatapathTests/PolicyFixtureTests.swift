@@ -66,6 +66,53 @@ struct PolicyFixtureTests {
         #expect(try f.fromContainer(a, packet(a.ip, b.ip).tcp(sport: 40000, dport: 80)).verdict == TC.redirect)
     }
 
+    /// Entries for one identity, protocol and port are also in the exact map the datapath
+    /// looks in before the trie; it follows every change of the trie and never holds
+    /// an entry the trie has not (a stale one would decide before the trie).
+    @Test func exactEntriesFollowTheTrie() throws {
+        let f = try Fixture()
+        let exactKey = PolicyKey(remoteIdentity: a.identity, direction: .ingress, proto: IPProtocol.tcp, port: 8080)
+        try f.dp.setPolicy(endpointID: b.id, upsert: [
+            PolicyEntry(key: exactKey, verdict: .allow, ruleRef: 1),
+            PolicyEntry(key: PolicyKey(remoteIdentity: 0, direction: .ingress, proto: IPProtocol.tcp, port: 80),
+                        verdict: .deny, ruleRef: 2),
+            PolicyEntry(key: PolicyKey(remoteIdentity: a.identity, direction: .ingress, proto: IPProtocol.udp),
+                        verdict: .deny, ruleRef: 3),
+        ] + PolicyKey.range(remoteIdentity: a.identity, direction: .ingress, proto: IPProtocol.tcp, ports: 9000...9001)
+            .map { PolicyEntry(key: $0, verdict: .deny, ruleRef: 4) }, delete: [])
+        func count(_ map: String) throws -> Int? { try f.dp.mapUsage().first { $0.name == map }?.entries }
+        #expect(try count("fth_pol4x_v1") == 1, "only the one-identity, one-port entry")
+        #expect(try count("fth_pol4_v1") == 4)
+
+        var port: UInt16 = 40000
+        func send(_ dport: UInt16, udp: Bool = false) throws -> (UInt32, UInt32?) {
+            port += 1
+            let p = packet(a.ip, b.ip)
+            let r = try f.fromContainer(a, udp ? p.udp(sport: port, dport: dport) : p.tcp(sport: port, dport: dport))
+            let ev = try f.dp.flushEvents().last
+            return (r.verdict, ev?.ruleRef)
+        }
+        #expect(try send(8080) == (TC.redirect, 1))
+        #expect(try send(80) == (TC.shot, 2))
+        #expect(try send(53, udp: true) == (TC.shot, 3))
+        #expect(try send(9001) == (TC.shot, 4))
+        // a changed verdict is changed in both
+        try f.dp.setPolicy(endpointID: b.id, upsert: [PolicyEntry(key: exactKey, verdict: .deny, ruleRef: 9)], delete: [])
+        #expect(try send(8080) == (TC.shot, 9))
+        // a deleted entry is gone from both: b's default deny decides (133), not the
+        // deny entry of rule 9 (181)
+        try f.dp.setPolicy(endpointID: b.id, upsert: [], delete: [exactKey])
+        #expect(try count("fth_pol4x_v1") == 0)
+        #expect(try send(8080) == (TC.shot, 0))
+        #expect(try f.drops().isEmpty)
+        _ = try f.fromContainer(a, packet(a.ip, b.ip).tcp(sport: 40100, dport: 8080))
+        #expect(try f.drops().first?.dropReason == .policyDenied)
+        // and an endpoint's removal takes its entries from both
+        try f.dp.setPolicy(endpointID: b.id, upsert: [PolicyEntry(key: exactKey, verdict: .deny, ruleRef: 9)], delete: [])
+        try f.dp.removeEndpoint(id: b.id, ip: b.ip, hostIfindex: b.hostIfindex)
+        #expect(try count("fth_pol4x_v1") == 0 && count("fth_pol4_v1") == 0)
+    }
+
     @Test func replyOfAnEstablishedConnectionPassesWithoutPolicy() throws {
         var pod = a
         pod.ingressEnforced = true
