@@ -7,6 +7,7 @@ import Model
 /// Map names (pin file names) of datapath version 1.
 enum MapName {
     static let ipcache = "fth_ipc4_v1"
+    static let ipcacheExact = "fth_ipc4x_v1"
     static let endpoints = "fth_ep4_v2"
     static let policy = "fth_pol4_v1"
     static let policyExact = "fth_pol4x_v1"

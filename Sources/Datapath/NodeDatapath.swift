@@ -19,6 +19,8 @@ public final class NodeDatapath: @unchecked Sendable {
     public let config: DatapathConfig
 
     let ipcache: Map
+    /// The ipcache trie's /32 entries, looked up before it (bpf/lib/ipcache.h).
+    let ipcacheExact: Map
     let endpoints: Map
     let policy: Map
     /// The policy trie's full-length entries, looked up before it (bpf/lib/policy.h).
@@ -55,6 +57,7 @@ public final class NodeDatapath: @unchecked Sendable {
         let lxc = try Self.load(name: "fth_lxc", bytes: EmbeddedObjects.lxc, config: config)
         let host = try Self.load(name: "fth_host", bytes: EmbeddedObjects.host, config: config)
         ipcache = try lxc.map(MapName.ipcache)
+        ipcacheExact = try lxc.map(MapName.ipcacheExact)
         endpoints = try lxc.map(MapName.endpoints)
         policy = try lxc.map(MapName.policy)
         policyExact = try lxc.map(MapName.policyExact)
@@ -224,12 +227,17 @@ public final class NodeDatapath: @unchecked Sendable {
 
     // MARK: ipcache
 
+    /// Writes a prefix's identity; a /32 also to the exact map the datapath looks in
+    /// first (bpf/lib/ipcache.h): after the trie on the way in, before it on the way out,
+    /// so that it never holds what the trie does not.
     public func upsertIPCache(_ prefix: IPv4Prefix, identity: UInt32, tunnelEndpoint: IPv4Address?) throws {
-        try ipcache.update(IPCacheKeyRaw(prefixlen: UInt32(prefix.length), addr: prefix.address.wire),
-                           IPCacheInfoRaw(identity: identity, tunnelEndpoint: tunnelEndpoint?.wire ?? 0))
+        let value = IPCacheInfoRaw(identity: identity, tunnelEndpoint: tunnelEndpoint?.wire ?? 0)
+        try ipcache.update(IPCacheKeyRaw(prefixlen: UInt32(prefix.length), addr: prefix.address.wire), value)
+        if prefix.length == 32 { try ipcacheExact.update(prefix.address.wire, value) }
     }
 
     public func deleteIPCache(_ prefix: IPv4Prefix) throws {
+        if prefix.length == 32 { try ipcacheExact.delete(prefix.address.wire) }
         try ipcache.delete(IPCacheKeyRaw(prefixlen: UInt32(prefix.length), addr: prefix.address.wire))
     }
 
@@ -470,6 +478,8 @@ extension NodeDatapath {
     public func mapUsage() throws -> [MapUsage] {
         [
             MapUsage(name: ipcache.name, entries: try ipcache.keys(as: IPCacheKeyRaw.self).count, capacity: ipcache.spec.maxEntries),
+            MapUsage(name: ipcacheExact.name, entries: try ipcacheExact.keys(as: UInt32.self).count,
+                     capacity: ipcacheExact.spec.maxEntries),
             MapUsage(name: endpoints.name, entries: try endpointSlotsInUse().count, capacity: endpoints.spec.maxEntries),
             MapUsage(name: policy.name, entries: try policy.keys(as: PolicyKeyRaw.self).count, capacity: policy.spec.maxEntries),
             MapUsage(name: policyExact.name, entries: try policyExact.keys(as: PolicyExactKeyRaw.self).count,

@@ -263,6 +263,32 @@ struct PolicyFixtureTests {
         #expect(try f.fromNetdev(packet(outside, Fixture.config.node).tcp(sport: 1234, dport: 22)).verdict == TC.ok)
     }
 
+    /// /32 ipcache entries are also in the exact map the datapath looks in before the
+    /// trie; it follows every change and never holds an address the trie has not.
+    @Test func ipcacheExactEntriesFollowTheTrie() throws {
+        let f = try Fixture()
+        let host = IPv4Address(192, 0, 2, 7), cidrIdentity: UInt32 = 16_777_217
+        func count(_ map: String) throws -> Int? { try f.dp.mapUsage().first { $0.name == map }?.entries }
+        let exact0 = try #require(try count("fth_ipc4x_v1")), trie0 = try #require(try count("fth_ipc4_v1"))
+        try f.dp.upsertIPCache(IPv4Prefix(IPv4Address(192, 0, 2, 0), 24), identity: cidrIdentity, tunnelEndpoint: nil)
+        #expect(try count("fth_ipc4x_v1") == exact0 && count("fth_ipc4_v1") == trie0 + 1, "a /24 is only in the trie")
+        var port: UInt16 = 2000
+        func identitySeen() throws -> UInt32? {   // of a packet from `host` to b, dropped by b's default deny
+            port += 1
+            _ = try f.fromNetdev(packet(host, b.ip).tcp(sport: port, dport: 80))
+            return try f.drops().first?.sourceIdentity
+        }
+        #expect(try identitySeen() == cidrIdentity)
+        try f.dp.upsertIPCache(IPv4Prefix(host, 32), identity: 3000, tunnelEndpoint: nil)
+        #expect(try count("fth_ipc4x_v1") == exact0 + 1)
+        #expect(try identitySeen() == 3000)
+        try f.dp.upsertIPCache(IPv4Prefix(host, 32), identity: 3001, tunnelEndpoint: nil)
+        #expect(try identitySeen() == 3001, "a changed identity is changed in both")
+        try f.dp.deleteIPCache(IPv4Prefix(host, 32))
+        #expect(try count("fth_ipc4x_v1") == exact0)
+        #expect(try identitySeen() == cidrIdentity, "a deleted /32 is gone from both: the /24 decides")
+    }
+
     @Test func spoofedSourceLockdownArpAndHost() throws {
         let f = try Fixture()
         // A source address that is not the pod's: 132.

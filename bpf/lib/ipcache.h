@@ -28,10 +28,25 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } fth_ipc4_v1 SEC(".maps");
 
+/* The trie's /32 entries (every pod of the cluster, the nodes), keyed by address and
+ * looked up before the trie: a hash lookup where a walk of a trie holding every pod
+ * is a cache miss per level. Written by the agent with the trie (the same value in
+ * both); never holds an entry the trie has not. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);                     /* address, network order */
+	__type(value, struct ipcache_info);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} fth_ipc4x_v1 SEC(".maps");
+
 static __always_inline __u32 ipcache_identity(__u32 addr)
 {
 	struct ipcache_key k = { .prefixlen = 32, .addr = addr };
-	struct ipcache_info *v = bpf_map_lookup_elem(&fth_ipc4_v1, &k);
+	struct ipcache_info *v = bpf_map_lookup_elem(&fth_ipc4x_v1, &addr);
+
+	if (!v)
+		v = bpf_map_lookup_elem(&fth_ipc4_v1, &k);
 
 	if (v)
 		return v->identity;
