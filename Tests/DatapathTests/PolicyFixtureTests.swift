@@ -185,6 +185,41 @@ struct PolicyFixtureTests {
         }
     }
 
+    /// A SYN on the tuple of a closed connection (a client port used again within the
+    /// entry's 10 s close timeout) opens a new connection: policy is checked again and
+    /// the entry starts afresh, in place.
+    @Test func aClosedConnectionsTupleUsedAgainIsANewConnection() throws {
+        var pod = a
+        pod.egressEnforced = true
+        let f = try Fixture(endpoints: [pod, b])
+        let allow = PolicyEntry(key: PolicyKey(remoteIdentity: Fixture.remoteIdentity, direction: .egress,
+                                               proto: IPProtocol.tcp, port: 8080), verdict: .allow, ruleRef: 3)
+        try f.dp.setPolicy(endpointID: pod.id, upsert: [allow], delete: [])
+        let out = { (flags: UInt8) in
+            try f.fromContainer(pod, packet(pod.ip, Fixture.remotePod).tcp(sport: 41000, dport: 8080, flags: flags)).verdict
+        }
+        _ = try out(0x02)
+        _ = try f.fromNetdev(packet(Fixture.remotePod, pod.ip).tcp(sport: 8080, dport: 41000, flags: 0x12))
+        _ = try out(0x11)
+        let closed = try #require(try f.dp.dumpConntrack().first)
+        #expect(closed.closing && closed.seenReply && closed.txPackets == 2 && closed.rxPackets == 1)
+        _ = try f.dp.flushEvents()
+
+        #expect(try out(0x02) == TC.ok)
+        #expect(try f.dp.flushEvents().filter { $0.kind == .trace }.map(\.traceReason) == [.new])
+        let ct = try f.dp.dumpConntrack()
+        #expect(ct.count == 1)
+        let fresh = try #require(ct.first)
+        #expect(!fresh.closing && !fresh.seenReply && fresh.txPackets == 1 && fresh.rxPackets == 0)
+        #expect(fresh.ruleRef == 3 && fresh.source == pod.ip && fresh.sourceIdentity == pod.identity)
+
+        // closed again, and the policy no longer allows it: the next SYN is judged anew
+        _ = try out(0x11)
+        try f.dp.setPolicy(endpointID: pod.id, upsert: [], delete: [allow.key])
+        #expect(try out(0x02) == TC.shot)
+        #expect(try f.drops().first?.dropReason == .policyDenied)
+    }
+
     @Test func everyNewFlagIsReportedWhenTheAgentAsksForAll() throws {
         let f = try Fixture(traceFlags: 0xff)
         let remote = Fixture.remotePod

@@ -178,3 +178,27 @@ static __always_inline int ct_create(const struct fth_flow *f, __u32 src_identit
 		return FTH_DROP_CT_CREATE_FAILED;
 	return 0;
 }
+
+/* A new connection on the tuple of an old one (a client port used again while the
+ * old entry waits out its close): the entry found is made afresh where it is, as
+ * Cilium reopens a closing entry, instead of a new element taking its key (an LRU
+ * element is popped from the free lists, the old one pushed back). */
+static __always_inline void ct_reopen(struct ct_entry *e, const struct fth_flow *f, __u32 src_identity,
+				      __u32 dst_identity, __u32 rule_ref, __u16 rev_nat_id)
+{
+	struct ct_key k;
+	int swapped = ct_key_of(f, &k);
+
+	e->expires = ct_now() + ct_lifetime(f, 0);
+	e->tx_packets = 1;
+	e->tx_bytes = f->len;
+	e->rx_packets = 0;
+	e->rx_bytes = 0;
+	e->rule_ref = rule_ref;
+	e->src_identity = src_identity;
+	e->dst_identity = dst_identity;
+	e->tx_flags_seen = f->tcp_flags;
+	e->rx_flags_seen = 0;
+	e->flags = swapped ? FTH_CT_F_SWAPPED : 0;
+	e->rev_nat_id = rev_nat_id;
+}

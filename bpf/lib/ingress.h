@@ -37,7 +37,7 @@ static __always_inline void ct_identities(struct fth_ctx *c, const struct ct_ent
 static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoint_info *src_ep,
 					 const struct endpoint_info *dst_ep, __u8 *trace)
 {
-	struct ct_entry *e = 0;
+	struct ct_entry *e = 0, *old = 0;
 	__u8 new_flags;
 	int first, ret;
 	int state = ct_lookup(&c->flow, &new_flags, &first, &e);
@@ -57,11 +57,13 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 	/* A new connection on the tuple of an old one: the tuple was translated
 	 * differently (a client port reused between a pod and a service address), or a
 	 * SYN follows the old connection's close. It is new: policy is checked again
-	 * and the entry made afresh. */
+	 * and the entry made afresh, in place. */
 	if (state == FTH_CT_ESTABLISHED && e &&
 	    (e->rev_nat_id != c->rev_nat_id ||
-	     ((c->flow.tcp_flags & (FTH_TCP_SYN | FTH_TCP_ACK)) == FTH_TCP_SYN && (e->flags & FTH_CT_F_CLOSING))))
+	     ((c->flow.tcp_flags & (FTH_TCP_SYN | FTH_TCP_ACK)) == FTH_TCP_SYN && (e->flags & FTH_CT_F_CLOSING)))) {
 		state = FTH_CT_NEW;
+		old = e;
+	}
 	if (state == FTH_CT_ESTABLISHED) {
 		if (new_flags & fth_trace_flags) {
 			*trace = FTH_TRACE_ESTABLISHED;
@@ -89,9 +91,13 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 			return ret;
 		}
 	}
-	ret = ct_create(&c->flow, c->src_identity, c->dst_identity, c->rule_ref, c->rev_nat_id);
-	if (ret)
-		return ret;
+	if (old) {
+		ct_reopen(old, &c->flow, c->src_identity, c->dst_identity, c->rule_ref, c->rev_nat_id);
+	} else {
+		ret = ct_create(&c->flow, c->src_identity, c->dst_identity, c->rule_ref, c->rev_nat_id);
+		if (ret)
+			return ret;
+	}
 	*trace = FTH_TRACE_NEW;
 	return 0;
 }
