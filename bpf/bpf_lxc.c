@@ -98,12 +98,16 @@ static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct fth
 
 		if (reason)
 			return drop(skb, c, reason, FTH_DIR_EGRESS);
-		ret = fib_forward_ipv4_via(skb, &f, via);
+		__u32 oif = 0;
+
+		ret = fib_forward_ipv4_via(skb, &f, via, &oif);
 		if (ret < 0)
 			return drop(skb, c, -ret, FTH_DIR_EGRESS);
-		/* to another node's pod (or a node address): nothing for to-netdev to
-		 * translate; only a redirected packet, never one handed to the stack */
-		if (!leaves && ret == TC_ACT_REDIRECT)
+		/* to another node's pod (or a node address) through the uplink: nothing for
+		 * to-netdev to translate; only a redirected packet, never one handed to the
+		 * stack, nor one sent out of another device (where no to-netdev takes the
+		 * mark off) */
+		if (!leaves && ret == TC_ACT_REDIRECT && is_uplink(oif))
 			skb->mark = FTH_MARK_IN_CLUSTER;
 		return forward(skb, c, trace, ret);
 	}

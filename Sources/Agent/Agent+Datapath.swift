@@ -36,11 +36,21 @@ extension Agent {
         for ep in state.endpoints where ep.identity != 0 { refs[ep.identity, default: 0] += 1 }
         try await identities.restore(refs)
         guard let datapath else { return }
+        var failed: [String] = []
         for ep in state.endpoints where ep.ready {
             guard let entry = try? endpointEntry(ep) else { continue }
-            try datapath.attachEndpoint(entry)
+            // one endpoint the datapath refuses (an address outside this node's pod CIDR)
+            // does not keep the others from being restored
+            do {
+                try datapath.attachEndpoint(entry)
+            } catch {
+                log.error("endpoint not restored", metadata: ["endpoint.id": "\(ep.id)", "error": "\(error)"])
+                failed.append("endpoint \(ep.id): \(error)")
+                continue
+            }
             allowSocketLB(ep)
         }
+        if !failed.isEmpty { health["datapath"] = "restore failed for " + failed.joined(separator: "; ") }
     }
 
     // MARK: endpoint identity and entry

@@ -60,7 +60,9 @@ public final class Program: @unchecked Sendable {
         var out = [UInt8](repeating: 0, count: packet.count + 256)
         var outSize = UInt32(out.count)
         var verdict: UInt32 = 0
-        var ctxOut = [UInt8](repeating: 0, count: context?.count ?? 0)
+        // room for the kernel's whole `struct __sk_buff`, whatever its size; the caller
+        // gets back as many bytes as it gave
+        var ctxOut = [UInt8](repeating: 0, count: context == nil ? 0 : max(context!.count, 1024))
         let rc = packet.withUnsafeBytes { inBuf in
             out.withUnsafeMutableBytes { outBuf in
                 if let context {
@@ -68,16 +70,18 @@ public final class Program: @unchecked Sendable {
                         ctxOut.withUnsafeMutableBytes { ctxOutBuf in
                             fth_bpf_prog_test_run(fd, inBuf.baseAddress, UInt32(inBuf.count),
                                                   outBuf.baseAddress, &outSize,
-                                                  ctx.baseAddress, ctxOutBuf.baseAddress, UInt32(ctx.count), &verdict)
+                                                  ctx.baseAddress, UInt32(ctx.count),
+                                                  ctxOutBuf.baseAddress, UInt32(ctxOutBuf.count), &verdict)
                         }
                     }
                 }
                 return fth_bpf_prog_test_run(fd, inBuf.baseAddress, UInt32(inBuf.count),
-                                             outBuf.baseAddress, &outSize, nil, nil, 0, &verdict)
+                                             outBuf.baseAddress, &outSize, nil, 0, nil, 0, &verdict)
             }
         }
         if rc < 0 { throw BPFError("test run \(name)", errno: rc) }
-        return TestRunResult(verdict: verdict, packet: Array(out.prefix(Int(outSize))), context: ctxOut)
+        return TestRunResult(verdict: verdict, packet: Array(out.prefix(Int(outSize))),
+                             context: Array(ctxOut.prefix(context?.count ?? 0)))
     }
 }
 

@@ -88,13 +88,14 @@ int fth_bpf_link_update(int link_fd, int new_prog_fd)
 
 int fth_bpf_prog_test_run(int prog_fd, const void *data_in, uint32_t size_in,
                           void *data_out, uint32_t *size_out,
-                          const void *ctx_in, void *ctx_out, uint32_t ctx_size, uint32_t *retval)
+                          const void *ctx_in, uint32_t ctx_size_in,
+                          void *ctx_out, uint32_t ctx_size_out, uint32_t *retval)
 {
     LIBBPF_OPTS(bpf_test_run_opts, opts,
         .data_in = data_in, .data_size_in = size_in,
         .data_out = data_out, .data_size_out = *size_out,
-        .ctx_in = ctx_in, .ctx_size_in = ctx_size,
-        .ctx_out = ctx_out, .ctx_size_out = ctx_out ? ctx_size : 0,
+        .ctx_in = ctx_in, .ctx_size_in = ctx_size_in,
+        .ctx_out = ctx_out, .ctx_size_out = ctx_size_out,
         .repeat = 1);
     int err = bpf_prog_test_run_opts(prog_fd, &opts);
     if (err < 0)

@@ -4,7 +4,7 @@ import Model
 // padding are the C ones; `Map` checks the sizes against the loaded maps' on every
 // call. Addresses are stored in network byte order (`.bigEndian` of the host value).
 
-/// Map names (pin file names) of datapath version 1.
+/// Map names (pin file names); each ends in the version of its layout.
 enum MapName {
     static let ipcache = "fth_ipc4_v1"
     static let ipcacheExact = "fth_ipc4x_v1"
@@ -13,6 +13,7 @@ enum MapName {
     static let policyExact = "fth_pol4x_v1"
     static let conntrack = "fth_ct4_v2"
     static let events = "fth_events_v1"
+    static let uplink = "fth_uplink_v1"
     static let metrics = "fth_metrics_v2"
     static let lost = "fth_lost_v1"
     // lib/lb.h, lib/nat.h
@@ -71,7 +72,7 @@ struct PolicyKeyRaw: BitwiseCopyable {
 }
 
 /// Key of the exact policy map: a full-length trie key without its prefix length.
-struct PolicyExactKeyRaw: BitwiseCopyable {
+struct PolicyExactKeyRaw: BitwiseCopyable, Hashable {
     var epID: UInt32
     var identity: UInt32
     var direction: UInt8

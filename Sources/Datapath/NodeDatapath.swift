@@ -27,6 +27,7 @@ public final class NodeDatapath: @unchecked Sendable {
     let policyExact: Map
     let conntrack: Map
     let eventsMap: Map
+    let uplink: Map
     let metrics: Map
     let lost: Map
     let fromContainer: Program
@@ -63,6 +64,7 @@ public final class NodeDatapath: @unchecked Sendable {
         policyExact = try lxc.map(MapName.policyExact)
         conntrack = try lxc.map(MapName.conntrack)
         eventsMap = try lxc.map(MapName.events)
+        uplink = try lxc.map(MapName.uplink)
         metrics = try lxc.map(MapName.metrics)
         lost = try lxc.map(MapName.lost)
         fromContainer = try lxc.program(ProgramName.fromContainer)
@@ -73,6 +75,7 @@ public final class NodeDatapath: @unchecked Sendable {
         lb = try LBMaps(lxc)
         sock = try? SocketLBObjects(Self.load(name: "fth_sock", bytes: EmbeddedObjects.sock, config: config))
         try BPFFS.makeDirectory(linkDirectory)
+        try syncExactMaps()
     }
 
     deinit {
@@ -109,10 +112,17 @@ public final class NodeDatapath: @unchecked Sendable {
 
     // MARK: attach
 
-    /// Attaches from-netdev to the node's uplink (tcx ingress).
+    /// Attaches from-netdev to the node's uplink (tcx ingress), and to-netdev (tcx egress).
     public func attachUplink(ifindex: Int32) throws {
+        try setUplink(ifindex: ifindex)
         try attach(fromNetdev, ifindex: ifindex, .ingress, pin: "host_\(ifindex)_in")
         try attach(toNetdev, ifindex: ifindex, .egress, pin: "host_\(ifindex)_out")
+    }
+
+    /// Tells from-container which device is the uplink (bpf/lib/fib.h): a pod's packet it
+    /// redirects there within the cluster is marked for to-netdev to let it pass.
+    public func setUplink(ifindex: Int32) throws {
+        try uplink.update(UInt32(0), UInt32(bitPattern: ifindex))
     }
 
     /// Writes the endpoint and attaches from-container / to-container to its host veth.
@@ -233,7 +243,46 @@ public final class NodeDatapath: @unchecked Sendable {
     public func upsertIPCache(_ prefix: IPv4Prefix, identity: UInt32, tunnelEndpoint: IPv4Address?) throws {
         let value = IPCacheInfoRaw(identity: identity, tunnelEndpoint: tunnelEndpoint?.wire ?? 0)
         try ipcache.update(IPCacheKeyRaw(prefixlen: UInt32(prefix.length), addr: prefix.address.wire), value)
-        if prefix.length == 32 { try ipcacheExact.update(prefix.address.wire, value) }
+        if prefix.length == 32 { try Self.writeExact(ipcacheExact, prefix.address.wire, value) }
+    }
+
+    /// Writes an exact-map entry after its trie entry; when that fails the exact entry
+    /// goes (an old value there would decide before the trie's new one).
+    static func writeExact<K: BitwiseCopyable, V: BitwiseCopyable>(_ map: Map, _ key: K, _ value: V) throws {
+        do {
+            try map.update(key, value)
+        } catch {
+            _ = try? map.delete(key)
+            throw error
+        }
+    }
+
+    /// Makes the exact maps hold exactly the trie entries they mirror (policy entries of
+    /// one identity, protocol and port; /32 ipcache entries), whatever happened while no
+    /// agent of this version ran: maps created empty by an upgrade, entries an older
+    /// agent changed in the trie alone. Run when the datapath is opened.
+    func syncExactMaps() throws {
+        var policyWanted: [PolicyExactKeyRaw: PolicyValueRaw] = [:]
+        for (k, v) in try policy.entries(PolicyKeyRaw.self, PolicyValueRaw.self) {
+            if let key = PolicyKey(raw: k), let exact = key.exactRaw(endpointID: k.epID) { policyWanted[exact] = v }
+        }
+        try sync(policyExact, policyWanted) { $0.verdict == $1.verdict && $0.ruleRef == $1.ruleRef }
+        var ipcacheWanted: [UInt32: IPCacheInfoRaw] = [:]
+        for (k, v) in try ipcache.entries(IPCacheKeyRaw.self, IPCacheInfoRaw.self) where k.prefixlen == 32 {
+            ipcacheWanted[k.addr] = v
+        }
+        try sync(ipcacheExact, ipcacheWanted) { $0.identity == $1.identity && $0.tunnelEndpoint == $1.tunnelEndpoint }
+    }
+
+    private func sync<K: BitwiseCopyable & Hashable, V: BitwiseCopyable>(
+        _ map: Map, _ wanted: [K: V], same: (V, V) -> Bool
+    ) throws {
+        for (k, v) in try map.entries(K.self, V.self) where wanted[k].map({ !same($0, v) }) ?? true {
+            try map.delete(k)
+        }
+        for (k, v) in wanted where try map.lookup(k, as: V.self).map({ !same($0, v) }) ?? true {
+            try map.update(k, v)
+        }
     }
 
     public func deleteIPCache(_ prefix: IPv4Prefix) throws {
@@ -280,7 +329,7 @@ public final class NodeDatapath: @unchecked Sendable {
             do {
                 let value = PolicyValueRaw(verdict: entry.verdict.rawValue, ruleRef: entry.ruleRef)
                 try policy.update(entry.key.raw(endpointID: endpointID), value)
-                if let exact = entry.key.exactRaw(endpointID: endpointID) { try policyExact.update(exact, value) }
+                if let exact = entry.key.exactRaw(endpointID: endpointID) { try Self.writeExact(policyExact, exact, value) }
             } catch let e as BPFError where e.errno == ENOSPC || e.errno == E2BIG || e.errno == ENOMEM {
                 try setLockdown(endpointID: endpointID, true)
                 throw PolicyMapFull(endpointID: endpointID, underlying: e)

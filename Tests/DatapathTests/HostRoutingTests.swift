@@ -105,6 +105,8 @@ struct HostRoutingTests {
         let pod = ns.pod()
         let f = try Fixture(endpoints: [pod, Fixture.b])
         let sent = packet(pod.ip, Fixture.remotePod).tcp(sport: 42000, dport: 8080)
+        #expect(try ns.run { try f.fromContainer(pod, sent) }.mark == 0, "no mark before the uplink is known")
+        try f.dp.setUplink(ifindex: ns.uplinkIndex)
         let r = try ns.run { try f.fromContainer(pod, sent) }
         #expect(r.verdict == TC.redirect)
         #expect(Array(r.packet[0..<6]) == NodeNamespace.remoteNodeMAC.bytes, "next hop's MAC")
@@ -118,7 +120,7 @@ struct HostRoutingTests {
         #expect(trace.traceReason == .new && trace.verdict == UInt16(TC.redirect))
         #expect(trace.destinationIdentity == Fixture.remoteIdentity)
         #expect(try f.dp.dumpConntrack().count == 1)
-        #expect(try f.counter(0, .egress) == 1)
+        #expect(try f.counter(0, .egress) == 2)
     }
 
     @Test func unresolvedNextHopGoesThroughRedirectNeigh() throws {
@@ -126,6 +128,7 @@ struct HostRoutingTests {
         defer { ns.remove() }
         let pod = ns.pod()
         let f = try Fixture(endpoints: [pod])
+        try f.dp.setUplink(ifindex: ns.uplinkIndex)
         let sent = packet(pod.ip, NodeNamespace.unresolved).udp(sport: 40000, dport: 53)
         let r = try ns.run { try f.fromContainer(pod, sent) }
         // bpf_redirect_neigh: the neighbour subsystem writes the Ethernet header later.

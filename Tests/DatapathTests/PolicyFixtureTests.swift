@@ -191,6 +191,7 @@ struct PolicyFixtureTests {
     @Test func aClosedConnectionsTupleUsedAgainIsANewConnection() throws {
         var pod = a
         pod.egressEnforced = true
+        pod.ingressEnforced = true
         let f = try Fixture(endpoints: [pod, b])
         let allow = PolicyEntry(key: PolicyKey(remoteIdentity: Fixture.remoteIdentity, direction: .egress,
                                                proto: IPProtocol.tcp, port: 8080), verdict: .allow, ruleRef: 3)
@@ -212,6 +213,11 @@ struct PolicyFixtureTests {
         let fresh = try #require(ct.first)
         #expect(!fresh.closing && !fresh.seenReply && fresh.txPackets == 1 && fresh.rxPackets == 0)
         #expect(fresh.ruleRef == 3 && fresh.source == pod.ip && fresh.sourceIdentity == pod.identity)
+
+        // a SYN from the end that answered is a connection of its own, not a reply: the
+        // pod's ingress policy (nothing allowed) decides
+        #expect(try f.fromNetdev(packet(Fixture.remotePod, pod.ip).tcp(sport: 8080, dport: 41000)).verdict == TC.shot)
+        #expect(try f.drops().first?.dropReason == .policyDenied)
 
         // closed again, and the policy no longer allows it: the next SYN is judged anew
         _ = try out(0x11)
@@ -342,6 +348,45 @@ struct PolicyFixtureTests {
         #expect(try f.fromContainer(a, packet(a.ip, Fixture.config.node).udp(sport: 1, dport: 2)).verdict == TC.shot)
         #expect(try f.drops().first?.dropReason == .endpointLockdown)
         #expect(try f.dp.dumpEndpoints().first { $0.id == a.id }?.lockdown == true)
+    }
+
+    /// Opening the datapath makes the exact maps mirror the tries again, whatever was
+    /// done to the tries alone meanwhile (an older agent, an upgrade's empty maps).
+    @Test func exactMapsAreMadeToMatchTheTriesWhenOpened() throws {
+        struct TrieKey: BitwiseCopyable { var prefixlen: UInt32, ep: UInt32, identity: UInt32, dir: UInt8, proto: UInt8, port: UInt16 }
+        struct Verdict: BitwiseCopyable { var verdict: UInt8, pad: (UInt8, UInt8, UInt8) = (0, 0, 0), rule: UInt32 }
+        struct ExactKey: BitwiseCopyable { var ep: UInt32, identity: UInt32, dir: UInt8, proto: UInt8, port: UInt16 }
+        struct IPInfo: BitwiseCopyable { var identity: UInt32, tunnel: UInt32 }
+        let f = try Fixture()
+        let key = PolicyKey(remoteIdentity: a.identity, direction: .ingress, proto: IPProtocol.tcp, port: 8080)
+        try f.dp.setPolicy(endpointID: b.id, upsert: [PolicyEntry(key: key, verdict: .allow, ruleRef: 1)], delete: [])
+        // Behind this agent's back: the trie's entry becomes a deny of rule 5, the exact
+        // map gets an entry the trie lacks, the ipcache's exact map loses a pod and gains
+        // an address the trie does not know.
+        let pins = f.pinDirectory + "/"
+        try Map(pinnedAt: pins + "fth_pol4_v1").update(
+            TrieKey(prefixlen: 96, ep: b.id, identity: a.identity, dir: 1, proto: 6, port: UInt16(8080).bigEndian),
+            Verdict(verdict: 1, rule: 5))
+        try Map(pinnedAt: pins + "fth_pol4x_v1").update(
+            ExactKey(ep: b.id, identity: a.identity, dir: 1, proto: 6, port: UInt16(9090).bigEndian), Verdict(verdict: 0, rule: 6))
+        let ipExact = try Map(pinnedAt: pins + "fth_ipc4x_v1")
+        #expect(try ipExact.delete(Fixture.remotePod.value.bigEndian))
+        let outside = IPv4Address(8, 8, 8, 8)
+        try ipExact.update(outside.value.bigEndian, IPInfo(identity: 4242, tunnel: 0))
+
+        let c = Fixture.config
+        let again = try NodeDatapath(config: DatapathConfig(
+            nodeIP: c.node, routerIP: c.router, podCIDR: c.pods, clusterCIDR: c.cluster, pinDirectory: f.pinDirectory))
+        let usage = try again.mapUsage()
+        #expect(usage.first { $0.name == "fth_pol4x_v1" }?.entries == 1)
+        #expect(try ipExact.lookup(outside.value.bigEndian, as: IPInfo.self) == nil)
+        #expect(try ipExact.lookup(Fixture.remotePod.value.bigEndian, as: IPInfo.self)?.identity == Fixture.remoteIdentity)
+        // the trie's deny decides, not the allow the exact map had
+        #expect(try f.fromContainer(a, packet(a.ip, b.ip).tcp(sport: 40000, dport: 8080)).verdict == TC.shot)
+        let drop = try #require(try f.drops().first)
+        #expect(drop.dropReason == .policyDeny && drop.ruleRef == 5)
+        #expect(try f.fromContainer(a, packet(a.ip, b.ip).tcp(sport: 40000, dport: 9090)).verdict == TC.shot)
+        #expect(try f.drops().first?.dropReason == .policyDenied, "no entry for 9090 in the trie: b's default deny")
     }
 
     @Test func restartReusesPinnedMaps() throws {

@@ -42,9 +42,8 @@ const volatile __u32 fth_cluster_cidr_mask = 0;
 
 /* skb->mark between our own programs (Cilium keeps its MARK_MAGIC_* in the same
  * bits): a pod's packet that from-container already judged and redirected to the
- * uplink, for a destination inside the cluster, on which to-netdev has nothing to
- * do. The mark never leaves the node: to-netdev clears it, and a packet crossing
- * into another namespace loses its mark anyway. */
+ * uplink (lib/fib.h, fth_uplink_v1), for a destination inside the cluster, on which
+ * to-netdev has nothing to do. The mark never leaves the node: to-netdev clears it. */
 #define FTH_MARK_MAGIC_MASK 0x0F00
 #define FTH_MARK_IN_CLUSTER 0x0E00
 

@@ -1,13 +1,13 @@
 /* Connection tracking: which flows policy has already allowed.
  *
  * One LRU hash per node, keyed by a connection's tuple with its lower (address,
- * port) end first, so that a packet of either direction finds the entry with one
+ * port) end first (ct_key_of), so that a packet of either direction finds it with one
  * lookup; FTH_CT_F_SWAPPED on the entry says the initiator is the key's second end.
  * A packet from the initiator is `established`, one to it a `reply`; both pass
- * without a policy lookup. Entries keep the TCP
- * flags seen per direction (a new flag is a trace event), packet and byte counts
- * and the rule that allowed the flow. `expires` is CLOCK_MONOTONIC seconds; the
- * agent deletes expired entries (LRU eviction is the backstop).
+ * without a policy lookup. Entries keep the TCP flags seen per direction (a new flag
+ * is a trace event), packet and byte counts, the rule that allowed the flow and both
+ * identities. `expires` is CLOCK_MONOTONIC seconds; the agent deletes expired
+ * entries (LRU eviction is the backstop).
  *
  * Service load balancing (lib/lb.h) keeps two more things here: entries keyed by a
  * connection's tuple before translation with FTH_CT_KEY_SERVICE set, holding the
@@ -92,8 +92,9 @@ static __always_inline __u64 ct_lifetime(const struct fth_flow *f, __u8 flags)
 	return FTH_CT_LIFETIME_TCP;
 }
 
-/* A connection's key, the same for both directions: the lower (address, port) end
- * first. Returns 1 when that is the packet's destination (the key is its tuple
+/* A connection's key, the same for both directions: the end with the lower (address,
+ * port) first, address compared as the 32-bit word it is in memory (any fixed order
+ * does). Returns 1 when that is the packet's destination (the key is its tuple
  * reversed). Service entries (lib/lb.h) are keyed by the packet's own tuple. */
 static __always_inline int ct_key_of(const struct fth_flow *f, struct ct_key *k)
 {

@@ -58,10 +58,31 @@ static __always_inline int fib_set_macs(struct __sk_buff *skb, const struct bpf_
 	return eth_set_macs(skb, fib->dmac, fib->smac);
 }
 
+/* The node's uplink: its ifindex, written by the agent before it attaches from-netdev
+ * and to-netdev there (0 until then). A packet from-container redirects there for a
+ * destination in the cluster carries FTH_MARK_IN_CLUSTER, which to-netdev takes off;
+ * one redirected to any other device carries no mark. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} fth_uplink_v1 SEC(".maps");
+
+static __always_inline int is_uplink(__u32 ifindex)
+{
+	__u32 zero = 0;
+	__u32 *uplink = bpf_map_lookup_elem(&fth_uplink_v1, &zero);
+
+	return uplink && *uplink && *uplink == ifindex;
+}
+
 /* As fib_forward_ipv4, but towards `via` (network order) as the next hop instead of
  * the packet's destination: the egress gateway, where a pod's packet goes
- * untranslated to be translated there. 0 = the destination. */
-static __always_inline int fib_forward_ipv4_via(struct __sk_buff *skb, const struct fth_flow *f, __u32 via)
+ * untranslated to be translated there. 0 = the destination. *oif gets the device a
+ * redirect sends the packet out of. */
+static __always_inline int fib_forward_ipv4_via(struct __sk_buff *skb, const struct fth_flow *f, __u32 via,
+						__u32 *oif)
 {
 	struct bpf_fib_lookup fib = {};
 	void *data = (void *)(long)skb->data;
@@ -86,6 +107,7 @@ static __always_inline int fib_forward_ipv4_via(struct __sk_buff *skb, const str
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return TC_ACT_OK;
+	*oif = fib.ifindex;
 
 	ret = ipv4_dec_ttl(skb);
 	if (ret)
@@ -101,7 +123,9 @@ static __always_inline int fib_forward_ipv4_via(struct __sk_buff *skb, const str
 
 static __always_inline int fib_forward_ipv4(struct __sk_buff *skb, const struct fth_flow *f)
 {
-	return fib_forward_ipv4_via(skb, f, 0);
+	__u32 oif;
+
+	return fib_forward_ipv4_via(skb, f, 0, &oif);
 }
 
 /* The node's own packet whose destination a program changed on an egress hook (after

@@ -16,7 +16,8 @@
 /* A tracked packet's identities for its event, from its conntrack entry (those its
  * connection was allowed with) instead of ipcache lookups; an identity the program
  * knows already (a local endpoint's) is kept, and an entry without them (0) leaves
- * the lookup to ctx_identities(). */
+ * the lookup to ctx_identities(). A remote peer relabelled while its connection
+ * lives is reported with the identity the connection was allowed with. */
 static __always_inline void ct_identities(struct fth_ctx *c, const struct ct_entry *e, int reply)
 {
 	__u32 src = reply ? e->dst_identity : e->src_identity;
@@ -43,6 +44,13 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 	int state = ct_lookup(&c->flow, &new_flags, &first, &e);
 
 	*trace = 0;
+	/* A SYN without ACK opens a connection: never a reply, even from the end that
+	 * answered the old connection on this tuple; its entry is made afresh below. */
+	if (state == FTH_CT_REPLY && e &&
+	    (c->flow.tcp_flags & (FTH_TCP_SYN | FTH_TCP_ACK)) == FTH_TCP_SYN) {
+		state = FTH_CT_NEW;
+		old = e;
+	}
 	if (state == FTH_CT_REPLY) {
 		c->is_reply = 1;
 		if (e)

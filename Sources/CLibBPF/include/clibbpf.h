@@ -29,10 +29,12 @@ int fth_bpf_link_create_tcx(int prog_fd, int ifindex, int attach_type);
 /* bpf_link_update without flags. 0 or -errno. */
 int fth_bpf_link_update(int link_fd, int new_prog_fd);
 
-/* BPF_PROG_TEST_RUN. data_out gets the (possibly rewritten) packet. 0 or -errno. */
+/* BPF_PROG_TEST_RUN. data_out gets the (possibly rewritten) packet, ctx_out (when
+ * given) the context as the program left it. 0 or -errno. */
 int fth_bpf_prog_test_run(int prog_fd, const void *data_in, uint32_t size_in,
                           void *data_out, uint32_t *size_out,
-                          const void *ctx_in, void *ctx_out, uint32_t ctx_size, uint32_t *retval);
+                          const void *ctx_in, uint32_t ctx_size_in,
+                          void *ctx_out, uint32_t ctx_size_out, uint32_t *retval);
 
 /* The kernel's id of a program or link fd (0 on failure). */
 uint32_t fth_bpf_prog_id(int prog_fd);
