@@ -12,6 +12,9 @@ enum MapName {
     static let policy = "fth_pol4_v1"
     static let policyExact = "fth_pol4x_v1"
     static let conntrack = "fth_ct4_v2"
+    /// Earlier layouts, migrated and unpinned when found (NodeDatapath.migrateRetiredMaps).
+    static let conntrackV1 = "fth_ct4_v1"
+    static let endpointsV1 = "fth_ep4_v1"
     static let events = "fth_events_v1"
     static let uplink = "fth_uplink_v1"
     static let metrics = "fth_metrics_v2"
@@ -100,6 +103,13 @@ struct CTKeyRaw: BitwiseCopyable {
     var reversed: CTKeyRaw {
         CTKeyRaw(saddr: daddr, daddr: saddr, sport: dport, dport: sport, proto: proto, flags: flags)
     }
+
+    /// Is the lower (address, port) end last? Connection entries are keyed with it first;
+    /// the comparison is ct_key_of's (bpf/lib/conntrack.h): addresses as the words they
+    /// are in memory, ports in host order.
+    var lowerEndLast: Bool {
+        saddr > daddr || (saddr == daddr && sport > dport)
+    }
 }
 
 struct CTEntryRaw: BitwiseCopyable {
@@ -120,6 +130,30 @@ struct CTEntryRaw: BitwiseCopyable {
     var pad: (UInt8, UInt8)
     var dstIdentity: UInt32
     var pad1: UInt32
+}
+
+/// Conntrack value of layout v1 (fth_ct4_v1): v2 without the responder's identity.
+struct CTEntryV1Raw: BitwiseCopyable {
+    var expires: UInt64
+    var txPackets: UInt64
+    var txBytes: UInt64
+    var rxPackets: UInt64
+    var rxBytes: UInt64
+    var ruleRef: UInt32
+    var srcIdentity: UInt32
+    var txFlagsSeen: UInt8
+    var rxFlagsSeen: UInt8
+    var flags: UInt8
+    var pad0: UInt8
+    var revNatID: UInt16
+    var pad: (UInt8, UInt8)
+
+    /// As a v2 entry: the responder's identity unknown (0: events look it up).
+    var upgraded: CTEntryRaw {
+        CTEntryRaw(expires: expires, txPackets: txPackets, txBytes: txBytes, rxPackets: rxPackets, rxBytes: rxBytes,
+                   ruleRef: ruleRef, srcIdentity: srcIdentity, txFlagsSeen: txFlagsSeen, rxFlagsSeen: rxFlagsSeen,
+                   flags: flags, pad0: 0, revNatID: revNatID, pad: (0, 0), dstIdentity: 0, pad1: 0)
+    }
 }
 
 /// Slot of the counters array: `reason << 2 | direction` (bpf/lib/events.h).

@@ -75,6 +75,7 @@ public final class NodeDatapath: @unchecked Sendable {
         lb = try LBMaps(lxc)
         sock = try? SocketLBObjects(Self.load(name: "fth_sock", bytes: EmbeddedObjects.sock, config: config))
         try BPFFS.makeDirectory(linkDirectory)
+        try migrateRetiredMaps()
         try syncExactMaps()
     }
 
@@ -255,6 +256,33 @@ public final class NodeDatapath: @unchecked Sendable {
             _ = try? map.delete(key)
             throw error
         }
+    }
+
+    /// Maps of earlier layouts a previous agent may have left pinned: what they hold that
+    /// still matters is carried over, then their pins go (the kernel frees them once the
+    /// programs using them are replaced). Conntrack v1 was keyed by the initiator's tuple
+    /// and had no responder identity: its connection entries are re-keyed with the lower
+    /// end first (bpf/lib/conntrack.h), so that connections an older agent's programs
+    /// tracked keep passing after the upgrade; entries the new programs made already win.
+    /// Endpoints v1 (a hash) is rebuilt by the agent's restore, as on any restart.
+    func migrateRetiredMaps() throws {
+        let dir = config.pinDirectory + "/"
+        if BPFFS.exists(dir + MapName.conntrackV1) {
+            if let old = try? Map(pinnedAt: dir + MapName.conntrackV1),
+               old.spec.keySize == MemoryLayout<CTKeyRaw>.size, old.spec.valueSize == MemoryLayout<CTEntryV1Raw>.size {
+                for (key, v1) in try old.entries(CTKeyRaw.self, CTEntryV1Raw.self) {
+                    var entry = v1.upgraded
+                    var k = key
+                    if key.flags & CTKeyRaw.service == 0 && key.lowerEndLast {
+                        k = key.reversed
+                        entry.flags |= CTEntryRaw.swapped
+                    }
+                    _ = try? conntrack.update(k, entry, flags: .noExist)
+                }
+            }
+            unlink(dir + MapName.conntrackV1)
+        }
+        if BPFFS.exists(dir + MapName.endpointsV1) { unlink(dir + MapName.endpointsV1) }
     }
 
     /// Makes the exact maps hold exactly the trie entries they mirror (policy entries of

@@ -389,6 +389,45 @@ struct PolicyFixtureTests {
         #expect(try f.drops().first?.dropReason == .policyDenied, "no entry for 9090 in the trie: b's default deny")
     }
 
+    /// An agent of the previous conntrack layout (fth_ct4_v1, keyed by the initiator's
+    /// tuple) left connections tracked: the next one carries them over and unpins the
+    /// old map, so that a connection b accepted before the upgrade still passes into b,
+    /// whose ingress now allows nothing new.
+    @Test func connectionsTrackedByTheOldLayoutSurviveTheUpgrade() throws {
+        struct KeyV1: BitwiseCopyable {
+            var saddr: UInt32, daddr: UInt32, sport: UInt16, dport: UInt16, proto: UInt8, flags: UInt8 = 0
+            var pad: (UInt8, UInt8) = (0, 0)
+        }
+        struct EntryV1: BitwiseCopyable {
+            var expires: UInt64, txPackets: UInt64 = 1, txBytes: UInt64 = 60, rxPackets: UInt64 = 1, rxBytes: UInt64 = 60
+            var ruleRef: UInt32 = 7, srcIdentity: UInt32, txFlags: UInt8 = 0x12, rxFlags: UInt8 = 0x12
+            var flags: UInt8 = 0x01, pad0: UInt8 = 0, revNat: UInt16 = 0, pad: (UInt8, UInt8) = (0, 0)
+        }
+        let f = try Fixture()
+        let remote = Fixture.remotePod
+        let old = try Map.create(type: 9 /* BPF_MAP_TYPE_LRU_HASH */, name: "fth_ct4_v1", keySize: 16, valueSize: 56, maxEntries: 64)
+        // the remote pod (the higher end) opened it: the new key starts with b
+        try old.update(KeyV1(saddr: remote.value.bigEndian, daddr: b.ip.value.bigEndian, sport: 43000, dport: 8080, proto: 6),
+                       EntryV1(expires: NodeDatapath.monotonicSeconds() + 3600, srcIdentity: Fixture.remoteIdentity))
+        let pin = f.pinDirectory + "/fth_ct4_v1"
+        try old.pin(at: pin)
+
+        let c = Fixture.config
+        let again = try NodeDatapath(config: DatapathConfig(
+            nodeIP: c.node, routerIP: c.router, podCIDR: c.pods, clusterCIDR: c.cluster, pinDirectory: f.pinDirectory))
+        #expect(!BPFFS.exists(pin), "the old map's pin is gone")
+        let ct = try again.dumpConntrack()
+        #expect(ct.count == 1)
+        let e = try #require(ct.first)
+        #expect(e.source == remote && e.destination == b.ip && e.sourcePort == 43000 && e.destinationPort == 8080)
+        #expect(e.ruleRef == 7 && e.sourceIdentity == Fixture.remoteIdentity && e.seenReply)
+        // established into b, a reply out of b: both pass; a new connection does not
+        #expect(try f.fromNetdev(packet(remote, b.ip).tcp(sport: 43000, dport: 8080, flags: 0x10)).verdict == TC.redirect)
+        #expect(try f.fromContainer(b, packet(b.ip, remote).tcp(sport: 8080, dport: 43000, flags: 0x10)).verdict == TC.ok)
+        #expect(try f.drops().isEmpty)
+        #expect(try f.fromNetdev(packet(remote, b.ip).tcp(sport: 43001, dport: 8080)).verdict == TC.shot)
+    }
+
     @Test func restartReusesPinnedMaps() throws {
         let f = try Fixture()
         let c = Fixture.config
