@@ -162,7 +162,10 @@ enum BatchScenarios {
 struct BatchAllocationOnEtcdTests {
     func withEtcd(_ body: (any KVStore) async throws -> Void) async throws {
         let etcd = try await EtcdProcess.start()
-        let store = try EtcdStore(endpoint: etcd.endpoint, logger: Logger(label: "test.etcd"))
+        // a generous deadline: a fresh etcd answering a 300-claim batch while the whole
+        // suite loads both vCPUs once took longer than the 5 s default (what is tested
+        // here is the allocation, not etcd's latency)
+        let store = try EtcdStore(endpoint: etcd.endpoint, logger: Logger(label: "test.etcd"), requestTimeout: .seconds(30))
         defer {
             store.close()
             etcd.remove()
