@@ -218,6 +218,9 @@ struct PolicyFixtureTests {
         // pod's ingress policy (nothing allowed) decides
         #expect(try f.fromNetdev(packet(Fixture.remotePod, pod.ip).tcp(sport: 8080, dport: 41000)).verdict == TC.shot)
         #expect(try f.drops().first?.dropReason == .policyDenied)
+        let untouched = try #require(try f.dp.dumpConntrack().first)
+        #expect(untouched.rxPackets == 0 && !untouched.seenReply && untouched.expires == fresh.expires,
+                "the refused SYN leaves the connection's entry as it was")
 
         // closed again, and the policy no longer allows it: the next SYN is judged anew
         _ = try out(0x11)

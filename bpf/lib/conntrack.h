@@ -113,7 +113,8 @@ static __always_inline int ct_key_of(const struct fth_flow *f, struct ct_key *k)
 
 /* Looks the flow's connection up (one lookup for either direction) and accounts the
  * packet. *new_flags gets the TCP flags not seen before in this packet's direction,
- * and *first is set on the first packet of the reply direction. */
+ * and *first is set on the first packet of the reply direction. *out gets the entry
+ * found, also when the packet is NEW on its tuple (a SYN from the answering end). */
 static __always_inline int ct_lookup(const struct fth_flow *f, __u8 *new_flags, int *first,
 				     struct ct_entry **out)
 {
@@ -130,6 +131,11 @@ static __always_inline int ct_lookup(const struct fth_flow *f, __u8 *new_flags, 
 	/* from the initiator when the packet's tuple is oriented as the first one was */
 	state = swapped == !!(e->flags & FTH_CT_F_SWAPPED) ? FTH_CT_ESTABLISHED : FTH_CT_REPLY;
 	*out = e;
+	/* A SYN without ACK opens a connection, even from the end that answered the
+	 * connection on this tuple: new, the entry left untouched (its expiry too) for
+	 * the caller to reopen if policy allows. */
+	if (state == FTH_CT_REPLY && (f->tcp_flags & (FTH_TCP_SYN | FTH_TCP_ACK)) == FTH_TCP_SYN)
+		return FTH_CT_NEW;
 	if (f->tcp_flags & (FTH_TCP_FIN | FTH_TCP_RST))
 		e->flags |= FTH_CT_F_CLOSING;
 	if (state == FTH_CT_REPLY) {

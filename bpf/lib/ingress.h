@@ -44,13 +44,10 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 	int state = ct_lookup(&c->flow, &new_flags, &first, &e);
 
 	*trace = 0;
-	/* A SYN without ACK opens a connection: never a reply, even from the end that
-	 * answered the old connection on this tuple; its entry is made afresh below. */
-	if (state == FTH_CT_REPLY && e &&
-	    (c->flow.tcp_flags & (FTH_TCP_SYN | FTH_TCP_ACK)) == FTH_TCP_SYN) {
-		state = FTH_CT_NEW;
+	/* a SYN from the end that answered the connection on this tuple (ct_lookup): its
+	 * entry is made afresh below if policy allows */
+	if (state == FTH_CT_NEW && e)
 		old = e;
-	}
 	if (state == FTH_CT_REPLY) {
 		c->is_reply = 1;
 		if (e)
