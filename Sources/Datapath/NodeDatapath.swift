@@ -247,6 +247,11 @@ public final class NodeDatapath: @unchecked Sendable {
         if prefix.length == 32 { try Self.writeExact(ipcacheExact, prefix.address.wire, value) }
     }
 
+    public func deleteIPCache(_ prefix: IPv4Prefix) throws {
+        if prefix.length == 32 { try ipcacheExact.delete(prefix.address.wire) }
+        try ipcache.delete(IPCacheKeyRaw(prefixlen: UInt32(prefix.length), addr: prefix.address.wire))
+    }
+
     /// Writes an exact-map entry after its trie entry; when that fails the exact entry
     /// goes (an old value there would decide before the trie's new one).
     static func writeExact<K: BitwiseCopyable, V: BitwiseCopyable>(_ map: Map, _ key: K, _ value: V) throws {
@@ -305,17 +310,14 @@ public final class NodeDatapath: @unchecked Sendable {
     private func sync<K: BitwiseCopyable & Hashable, V: BitwiseCopyable>(
         _ map: Map, _ wanted: [K: V], same: (V, V) -> Bool
     ) throws {
-        for (k, v) in try map.entries(K.self, V.self) where wanted[k].map({ !same($0, v) }) ?? true {
+        var have: [K: V] = [:]
+        for (k, v) in try map.entries(K.self, V.self) { have[k] = v }
+        for (k, v) in have where wanted[k].map({ !same($0, v) }) ?? true {
             try map.delete(k)
         }
-        for (k, v) in wanted where try map.lookup(k, as: V.self).map({ !same($0, v) }) ?? true {
+        for (k, v) in wanted where have[k].map({ !same($0, v) }) ?? true {
             try map.update(k, v)
         }
-    }
-
-    public func deleteIPCache(_ prefix: IPv4Prefix) throws {
-        if prefix.length == 32 { try ipcacheExact.delete(prefix.address.wire) }
-        try ipcache.delete(IPCacheKeyRaw(prefixlen: UInt32(prefix.length), addr: prefix.address.wire))
     }
 
     public func dumpIPCache() throws -> [IPCacheEntry] {

@@ -85,28 +85,26 @@ struct PolicyFixtureTests {
         #expect(try count("fth_pol4_v1") == 4)
 
         var port: UInt16 = 40000
-        func send(_ dport: UInt16, udp: Bool = false) throws -> (UInt32, UInt32?) {
+        /// verdict, and the rule and drop reason of the packet's event
+        func send(_ dport: UInt16, udp: Bool = false) throws -> (UInt32, UInt32?, DropReason?) {
             port += 1
             let p = packet(a.ip, b.ip)
             let r = try f.fromContainer(a, udp ? p.udp(sport: port, dport: dport) : p.tcp(sport: port, dport: dport))
             let ev = try f.dp.flushEvents().last
-            return (r.verdict, ev?.ruleRef)
+            return (r.verdict, ev?.ruleRef, ev?.dropReason)
         }
-        #expect(try send(8080) == (TC.redirect, 1))
-        #expect(try send(80) == (TC.shot, 2))
-        #expect(try send(53, udp: true) == (TC.shot, 3))
-        #expect(try send(9001) == (TC.shot, 4))
+        #expect(try send(8080) == (TC.redirect, 1, nil))
+        #expect(try send(80) == (TC.shot, 2, .policyDeny))
+        #expect(try send(53, udp: true) == (TC.shot, 3, .policyDeny))
+        #expect(try send(9001) == (TC.shot, 4, .policyDeny))
         // a changed verdict is changed in both
         try f.dp.setPolicy(endpointID: b.id, upsert: [PolicyEntry(key: exactKey, verdict: .deny, ruleRef: 9)], delete: [])
-        #expect(try send(8080) == (TC.shot, 9))
+        #expect(try send(8080) == (TC.shot, 9, .policyDeny))
         // a deleted entry is gone from both: b's default deny decides (133), not the
         // deny entry of rule 9 (181)
         try f.dp.setPolicy(endpointID: b.id, upsert: [], delete: [exactKey])
         #expect(try count("fth_pol4x_v1") == 0)
-        #expect(try send(8080) == (TC.shot, 0))
-        #expect(try f.drops().isEmpty)
-        _ = try f.fromContainer(a, packet(a.ip, b.ip).tcp(sport: 40100, dport: 8080))
-        #expect(try f.drops().first?.dropReason == .policyDenied)
+        #expect(try send(8080) == (TC.shot, 0, .policyDenied))
         // and an endpoint's removal takes its entries from both
         try f.dp.setPolicy(endpointID: b.id, upsert: [PolicyEntry(key: exactKey, verdict: .deny, ruleRef: 9)], delete: [])
         try f.dp.removeEndpoint(id: b.id, ip: b.ip, hostIfindex: b.hostIfindex)
