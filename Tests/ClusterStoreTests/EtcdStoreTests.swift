@@ -11,7 +11,9 @@ final class EtcdHarness: StoreHarness {
 
     init() async throws {
         etcd = try await EtcdProcess.start()
-        etcdStore = try EtcdStore(endpoint: etcd.endpoint, logger: Logger(label: "test.etcd"))
+        // The whole suite loads both vCPUs while these run: a fresh etcd can take longer than the
+        // client's 5 s default to answer its first request (a CI run saw exactly that).
+        etcdStore = try EtcdStore(endpoint: etcd.endpoint, logger: Logger(label: "test.etcd"), requestTimeout: .seconds(30))
     }
 
     func watch(prefix: String, gate: Gate) -> AsyncThrowingStream<WatchUpdate, any Error> {
