@@ -60,7 +60,7 @@ import Testing
         try await Task.sleep(for: .milliseconds(50))
         consumer.cancel()
         try await consumer.value
-        let deadline = ContinuousClock.now + .seconds(5)
+        let deadline = ContinuousClock.now + .seconds(30)
         while !probe.terminated.load(ordering: .sequentiallyConsistent) && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(5))
         }

@@ -63,8 +63,8 @@ struct AttachTests {
         try shell("ip", "netns", "exec", pod, "python3", "-c",
                "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'hello', ('10.42.1.1', 9999))")
 
-        let drop = try await firstEvent(events, within: .seconds(3)) { $0.kind == .drop && $0.destinationPort == 9999 }
-        let d = try #require(drop, "no drop event within 3 s")
+        let drop = try await firstEvent(events, within: .seconds(30)) { $0.kind == .drop && $0.destinationPort == 9999 }
+        let d = try #require(drop, "no drop event within 30 s")
         #expect(d.dropReason == .policyDenied)
         #expect(d.sourceIdentity == 4242)
         #expect(d.destinationIdentity == ReservedIdentity.host)

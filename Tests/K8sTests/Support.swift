@@ -55,7 +55,7 @@ final class Collector<Element: Sendable>: Sendable {
 
     /// Waits until at least `count` items arrived; fails the test after `timeout`.
     @discardableResult
-    func wait(for count: Int, timeout: Duration = .seconds(5), sourceLocation: SourceLocation = #_sourceLocation) async -> [Element] {
+    func wait(for count: Int, timeout: Duration = .seconds(30), sourceLocation: SourceLocation = #_sourceLocation) async -> [Element] {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             let current = all
