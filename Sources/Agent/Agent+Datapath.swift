@@ -72,9 +72,16 @@ extension Agent {
         }
         let podMAC = try RouteSocket.inNamespace(path: ep.netns).link(named: ep.ref.ifName)?.mac ?? []
         let policy = state.policies[ep.id] ?? .unenforced
+        // A direction without rules has no entries (Self.entries(of:) makes entries of a
+        // direction from its rules only): the datapath need not look there. Taken from
+        // the desired policy, so a map still holding stale entries of a direction the
+        // policy dropped skips them already, and one still missing new entries looks
+        // for them and finds none: either way the new policy's verdict.
         return EndpointEntry(id: ep.id, ip: ep.ip, identity: ep.identity, hostIfindex: host.index,
                              podMAC: MACAddress(podMAC), hostMAC: MACAddress(host.mac),
-                             ingressEnforced: policy.enforceIngress, egressEnforced: policy.enforceEgress)
+                             ingressEnforced: policy.enforceIngress, egressEnforced: policy.enforceEgress,
+                             ingressEntries: policy.rules.contains { $0.direction == .ingress },
+                             egressEntries: policy.rules.contains { $0.direction == .egress })
     }
 
     /// Gives the endpoint its identity, publishes where it lives, writes its policy and
@@ -311,6 +318,12 @@ extension Agent {
 
     // MARK: dumps
 
+    /// An endpoint's direction in `fathom bpf endpoints`: enforced or open, and "no entries"
+    /// where the datapath does not look in the policy map at all.
+    static func directionText(_ enforced: Bool, entries: Bool) -> String {
+        (enforced ? "enforced" : "open") + (entries ? "" : ", no entries")
+    }
+
     func dump(_ kind: BPFDumpKind, endpointID: UInt32?) throws -> Table {
         guard let datapath else { throw APIFailure(.unavailable, "the datapath is not loaded on \(config.nodeName)") }
         func ip(_ a: IPv4Address?) -> String { a?.description ?? "-" }
@@ -322,8 +335,8 @@ extension Agent {
             return Table(header: ["ID", "IP", "IDENTITY", "IFINDEX", "POD-MAC", "HOST-MAC", "INGRESS", "EGRESS", "LOCKDOWN"],
                          rows: try datapath.dumpEndpoints().map {
                              ["\($0.id)", $0.ip.description, identityText($0.identity), "\($0.hostIfindex)", $0.podMAC.description,
-                              $0.hostMAC.description, $0.ingressEnforced ? "enforced" : "open",
-                              $0.egressEnforced ? "enforced" : "open", $0.lockdown ? "yes" : "no"]
+                              $0.hostMAC.description, Self.directionText($0.ingressEnforced, entries: $0.ingressEntries),
+                              Self.directionText($0.egressEnforced, entries: $0.egressEntries), $0.lockdown ? "yes" : "no"]
                          })
         case .policy:
             guard let id = endpointID else { throw APIFailure(.invalid, "fathom bpf policy needs an endpoint id (see fathom bpf endpoints)") }

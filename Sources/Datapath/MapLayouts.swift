@@ -51,6 +51,8 @@ struct EndpointInfoRaw: BitwiseCopyable {
     static let ingressEnforced: UInt32 = 1 << 0
     static let egressEnforced: UInt32 = 1 << 1
     static let lockdown: UInt32 = 1 << 2
+    static let noIngressEntries: UInt32 = 1 << 3
+    static let noEgressEntries: UInt32 = 1 << 4
 
     var epID: UInt32
     var identity: UInt32

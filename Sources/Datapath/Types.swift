@@ -76,10 +76,16 @@ public struct EndpointEntry: Sendable, Hashable {
     public var egressEnforced: Bool
     /// Its policy did not fit: every packet from or to it is dropped.
     public var lockdown: Bool
+    /// Whether the policy map may hold entries of this endpoint in that direction. false
+    /// (the agent wrote none) lets the datapath skip the lookups: the verdict is then
+    /// enforcement's alone (allowed, or 133 when enforced). true never skips an entry.
+    public var ingressEntries: Bool
+    public var egressEntries: Bool
 
     public init(id: UInt32, ip: IPv4Address, identity: UInt32, hostIfindex: Int32,
                 podMAC: MACAddress, hostMAC: MACAddress,
-                ingressEnforced: Bool, egressEnforced: Bool, lockdown: Bool = false) {
+                ingressEnforced: Bool, egressEnforced: Bool, lockdown: Bool = false,
+                ingressEntries: Bool = true, egressEntries: Bool = true) {
         self.id = id
         self.ip = ip
         self.identity = identity
@@ -89,6 +95,8 @@ public struct EndpointEntry: Sendable, Hashable {
         self.ingressEnforced = ingressEnforced
         self.egressEnforced = egressEnforced
         self.lockdown = lockdown
+        self.ingressEntries = ingressEntries
+        self.egressEntries = egressEntries
     }
 
     var raw: EndpointInfoRaw {
@@ -96,6 +104,8 @@ public struct EndpointEntry: Sendable, Hashable {
         if ingressEnforced { flags |= EndpointInfoRaw.ingressEnforced }
         if egressEnforced { flags |= EndpointInfoRaw.egressEnforced }
         if lockdown { flags |= EndpointInfoRaw.lockdown }
+        if !ingressEntries { flags |= EndpointInfoRaw.noIngressEntries }
+        if !egressEntries { flags |= EndpointInfoRaw.noEgressEntries }
         return EndpointInfoRaw(epID: id, identity: identity, ifindex: UInt32(bitPattern: hostIfindex),
                                flags: flags, podMAC: podMAC.raw, hostMAC: hostMAC.raw)
     }
@@ -105,7 +115,9 @@ public struct EndpointEntry: Sendable, Hashable {
                   podMAC: MACAddress(raw: raw.podMAC), hostMAC: MACAddress(raw: raw.hostMAC),
                   ingressEnforced: raw.flags & EndpointInfoRaw.ingressEnforced != 0,
                   egressEnforced: raw.flags & EndpointInfoRaw.egressEnforced != 0,
-                  lockdown: raw.flags & EndpointInfoRaw.lockdown != 0)
+                  lockdown: raw.flags & EndpointInfoRaw.lockdown != 0,
+                  ingressEntries: raw.flags & EndpointInfoRaw.noIngressEntries == 0,
+                  egressEntries: raw.flags & EndpointInfoRaw.noEgressEntries == 0)
     }
 }
 

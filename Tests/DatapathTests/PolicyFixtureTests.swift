@@ -66,6 +66,49 @@ struct PolicyFixtureTests {
         #expect(try f.fromContainer(a, packet(a.ip, b.ip).tcp(sport: 40000, dport: 80)).verdict == TC.redirect)
     }
 
+    /// A direction the agent wrote no entry for is not looked up: its verdict is
+    /// enforcement's alone. Without that word from the agent (an entry as an older agent
+    /// wrote it), entries are looked up even where nothing is enforced.
+    @Test func aDirectionWithoutEntriesIsDecidedByEnforcementAlone() throws {
+        let f = try Fixture()
+        func lastDrop() throws -> (code: UInt8?, rule: UInt32, dir: TrafficDirection?) {
+            let d = try #require(try f.drops().last)
+            return (d.reasonCode, d.ruleRef, d.direction)
+        }
+        try f.dp.setPolicy(endpointID: a.id, upsert: [
+            PolicyEntry(key: PolicyKey(remoteIdentity: b.identity, direction: .egress, proto: IPProtocol.tcp, port: 80),
+                        verdict: .deny, ruleRef: 5),
+        ], delete: [])
+        // a: nothing enforced, one egress deny: looked up all the same
+        #expect(try f.fromContainer(a, packet(a.ip, b.ip).tcp(sport: 40000, dport: 80)).verdict == TC.shot)
+        var d = try lastDrop()
+        #expect(d.code == 181 && d.rule == 5 && d.dir == .egress)
+
+        // The agent says a has no egress entries: the (stale) deny is not looked at, and b's
+        // ingress (enforced, nothing allows a yet) decides.
+        var open = a
+        open.egressEntries = false
+        try f.dp.updateEndpoint(open)
+        #expect(try f.dp.dumpEndpoints().first { $0.id == a.id } == open, "the flag is stored and read back")
+        #expect(try f.fromContainer(a, packet(a.ip, b.ip).tcp(sport: 40001, dport: 80)).verdict == TC.shot)
+        d = try lastDrop()
+        #expect(d.code == 133 && d.dir == .ingress)
+
+        try f.dp.setPolicy(endpointID: b.id, upsert: [
+            PolicyEntry(key: PolicyKey(remoteIdentity: a.identity, direction: .ingress, proto: IPProtocol.tcp, port: 80),
+                        verdict: .allow, ruleRef: 6),
+        ], delete: [])
+        #expect(try f.fromContainer(a, packet(a.ip, b.ip).tcp(sport: 40002, dport: 80)).verdict == TC.redirect, "allowed by b's entry")
+
+        // b: ingress enforced and, in the agent's word, no entries: 133 without a lookup.
+        var closed = b
+        closed.ingressEntries = false
+        try f.dp.updateEndpoint(closed)
+        #expect(try f.fromContainer(a, packet(a.ip, b.ip).tcp(sport: 40003, dport: 80)).verdict == TC.shot)
+        d = try lastDrop()
+        #expect(d.code == 133 && d.rule == 0 && d.dir == .ingress)
+    }
+
     /// Entries for one identity, protocol and port are also in the exact map the datapath
     /// looks in before the trie; it follows every change of the trie and never holds
     /// an entry the trie has not (a stale one would decide before the trie).

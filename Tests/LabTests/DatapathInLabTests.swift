@@ -81,6 +81,21 @@ extension LabTests {
         #expect(try t.probe("default/client1", "node2").status == 0)
         #expect(try t.probe("default/client1", "node2", proto: "udp").status == 1, "only TCP 80 was allowed")
 
+        // A deny without default deny (Cilium's enableDefaultDeny: false): the direction with
+        // entries is looked up although nothing is enforced; the one without is not looked up.
+        try setPolicy(t, "node1", c1, EndpointPolicy(enforceIngress: false, enforceEgress: false, rules: [
+            PolicyRule(remoteIdentity: web.identity, direction: .egress, proto: 6, fromPort: 8443, toPort: 8443, verdict: .deny, ruleRef: 23),
+        ]))
+        #expect(try t.probe("default/client1", "default/web", port: 8443).status == 1, "egress deny, nothing enforced")
+        #expect(try drops(t, "node1", reason: 181, from: c1.identity, to: web.identity).contains { $0.ruleRef == 23 })
+        #expect(try t.probe("default/client1", "default/web").status == 0, "everything else open")
+        #expect(try t.probe("default/client1", "node2").status == 0)
+        let endpoints = try JSONSerialization.jsonObject(with: Data(try t.must(["bpf", "endpoints", "--node", "node1", "-o", "json"]).utf8)) as! [String: Any]
+        let columns = (endpoints["header"] as! [String], endpoints["rows"] as! [[String]])
+        let row = { (id: UInt32) in columns.1.first { $0[0] == "\(id)" }.map { Dictionary(uniqueKeysWithValues: zip(columns.0, $0)) } }
+        #expect(row(c1.id)?["INGRESS"] == "open, no entries" && row(c1.id)?["EGRESS"] == "open", "\(String(describing: row(c1.id)))")
+        #expect(row(web.id)?["INGRESS"] == "enforced" && row(web.id)?["EGRESS"] == "open, no entries", "\(String(describing: row(web.id)))")
+
         // A restarted agent keeps enforcing: allowed still flows, denied stays denied.
         try t.must(["lab", "agent", "restart", "node1"])
         #expect(try t.probe("default/client2", "default/web").status == 0)

@@ -6,8 +6,11 @@
  * twice for most packets: an array slot is a bounds check and a pointer, where a
  * hash lookup hashes the key and walks a bucket. The loader sizes the array to
  * the pod CIDR (at most FTH_EP_MAX_SLOTS); a slot with ep_id 0 is free. The
- * flags say whether policy is enforced per direction and whether the endpoint
- * is in lockdown (its policy did not fit: everything is dropped).
+ * flags say whether policy is enforced per direction, whether the endpoint
+ * is in lockdown (its policy did not fit: everything is dropped), and in which
+ * directions the agent wrote no policy entry at all (no lookup there: the verdict
+ * is enforcement's alone). A flag the agent has not set means "look": an entry
+ * written by an older agent, or one without these flags, is never skipped.
  */
 #pragma once
 #include "common.h"
@@ -15,6 +18,8 @@
 #define FTH_EP_INGRESS_ENFORCED (1 << 0)
 #define FTH_EP_EGRESS_ENFORCED  (1 << 1)
 #define FTH_EP_LOCKDOWN         (1 << 2)
+#define FTH_EP_NO_INGRESS_ENTRIES (1 << 3)
+#define FTH_EP_NO_EGRESS_ENTRIES  (1 << 4)
 
 #define FTH_EP_MAX_SLOTS 65536  /* a /16 pod CIDR per node */
 

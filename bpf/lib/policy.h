@@ -92,9 +92,16 @@ static __always_inline int policy_check(const struct endpoint_info *ep, __u32 re
 	};
 	struct policy_value *v;
 
+	__u32 enforced = dir == FTH_DIR_INGRESS ? FTH_EP_INGRESS_ENFORCED : FTH_EP_EGRESS_ENFORCED;
+	__u32 none = dir == FTH_DIR_INGRESS ? FTH_EP_NO_INGRESS_ENTRIES : FTH_EP_NO_EGRESS_ENTRIES;
+
 	*rule_ref = 0;
 	if (ep->flags & FTH_EP_LOCKDOWN)
 		return FTH_DROP_ENDPOINT_LOCKDOWN;
+	/* no entry in this direction (most pods have no egress policy): three lookups
+	 * that could only miss are skipped */
+	if (ep->flags & none)
+		return (ep->flags & enforced) ? FTH_DROP_POLICY_DENIED : 0;
 	v = bpf_map_lookup_elem(&fth_pol4x_v1, &x);
 	if (!v)
 		v = bpf_map_lookup_elem(&fth_pol4_v1, &k);
@@ -106,6 +113,5 @@ static __always_inline int policy_check(const struct endpoint_info *ep, __u32 re
 		*rule_ref = v->rule_ref;
 		return v->verdict == FTH_POLICY_ALLOW ? 0 : FTH_DROP_POLICY_DENY;
 	}
-	__u32 enforced = dir == FTH_DIR_INGRESS ? FTH_EP_INGRESS_ENFORCED : FTH_EP_EGRESS_ENFORCED;
 	return (ep->flags & enforced) ? FTH_DROP_POLICY_DENIED : 0;
 }
