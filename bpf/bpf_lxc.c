@@ -100,6 +100,23 @@ static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct fth
 			return drop(skb, c, reason, FTH_DIR_EGRESS);
 		__u32 oif = 0;
 
+		/* another node's pod: to that node without a FIB lookup when it is on the
+		 * uplink's subnet (lib/fib.h); its identity comes with the same lookup */
+		if (!leaves) {
+			__u32 node;
+			__u32 id = ipcache_lookup(f.daddr, &node);
+			int done;
+
+			if ((c->lazy & FTH_LAZY_DST) && f.daddr == c->flow.daddr) {
+				c->dst_identity = id;
+				c->lazy &= ~FTH_LAZY_DST;
+			}
+			ret = fwd_to_node(skb, node, f.ttl, &done);
+			if (ret < 0)
+				return drop(skb, c, -ret, FTH_DIR_EGRESS);
+			if (done)
+				return forward(skb, c, trace, ret);
+		}
 		ret = fib_forward_ipv4_via(skb, &f, via, &oif);
 		if (ret < 0)
 			return drop(skb, c, -ret, FTH_DIR_EGRESS);

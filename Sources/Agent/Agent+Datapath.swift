@@ -18,10 +18,15 @@ extension Agent {
             nodeIP: config.nodeAddress, routerIP: podCIDR.address(at: 1), podCIDR: podCIDR,
             clusterCIDR: config.clusterCIDR, pinDirectory: pins)
         dpConfig.traceFlags = config.traceFlags
-        let dp = try NodeDatapath(config: dpConfig)
         guard let uplink = try netlink.link(named: config.uplink) else {
             throw AgentError("uplink \(config.uplink) is missing in the node's namespace")
         }
+        // the subnet of the node's address on the uplink: other nodes in it are next hops
+        // the datapath sends to without a FIB lookup
+        if let a = try netlink.addresses(linkIndex: uplink.index).first(where: { $0.address == config.nodeAddress }) {
+            dpConfig.nodeNetwork = IPv4Prefix(a.address, a.prefixLength)
+        }
+        let dp = try NodeDatapath(config: dpConfig)
         try dp.attachUplink(ifindex: uplink.index)
         datapath = dp
         startSocketLB()

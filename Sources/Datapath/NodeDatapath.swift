@@ -96,6 +96,10 @@ public final class NodeDatapath: @unchecked Sendable {
             try spec.setGlobal("fth_lb_maglev_m", UInt32(config.maglevTableSize))
             try spec.setGlobal("fth_lb_loopback_ip", config.serviceLoopback.wire)
             try spec.setGlobal("fth_trace_flags", UInt32(config.traceFlags))
+            if let net = config.nodeNetwork {
+                try spec.setGlobal("fth_node_net", net.address.wire)
+                try spec.setGlobal("fth_node_net_mask", net.mask.bigEndian)
+            }
             if spec.maps.contains(where: { $0.name == MapName.endpoints }) {
                 try spec.setMaxEntries(MapName.endpoints, endpointSlots(config.podCIDR))
             }

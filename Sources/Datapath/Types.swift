@@ -16,6 +16,10 @@ public struct DatapathConfig: Sendable {
     /// TCP flags whose first sighting in a direction of a connection is a trace event
     /// (Cilium's `--monitor-aggregation-flags`, its agent's default SYN, FIN, RST).
     public var traceFlags: UInt8 = TCPFlagNames.defaultTrace
+    /// The node's underlay subnet (the uplink's address and prefix). A pod's packet for a
+    /// pod on another node whose address is in it goes to that node without a FIB lookup
+    /// (bpf/lib/fib.h); nil: every such packet takes the FIB.
+    public var nodeNetwork: IPv4Prefix?
 
     public init(nodeIP: IPv4Address, routerIP: IPv4Address, podCIDR: IPv4Prefix,
                 clusterCIDR: IPv4Prefix, pinDirectory: String) {

@@ -50,7 +50,8 @@ final class Fixture {
     let pinDirectory: String
     let dp: NodeDatapath
 
-    init(endpoints: [EndpointEntry] = [Fixture.a, Fixture.b], traceFlags: UInt8 = TCPFlagNames.defaultTrace) throws {
+    init(endpoints: [EndpointEntry] = [Fixture.a, Fixture.b], traceFlags: UInt8 = TCPFlagNames.defaultTrace,
+         nodeNetwork: IPv4Prefix? = nil) throws {
         let n = fixtureCounter.withLock { v in v += 1; return v }
         pinDirectory = "/sys/fs/bpf/fathom-test-\(getpid())-\(n)"
         try? NodeDatapath.removePins(at: pinDirectory)
@@ -59,6 +60,7 @@ final class Fixture {
             nodeIP: c.node, routerIP: c.router, podCIDR: c.pods, clusterCIDR: c.cluster,
             pinDirectory: pinDirectory)
         config.traceFlags = traceFlags
+        config.nodeNetwork = nodeNetwork
         dp = try NodeDatapath(config: config)
         for ep in endpoints {
             // Test runs need no attach: write the entries only.

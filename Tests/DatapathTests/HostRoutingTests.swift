@@ -123,6 +123,43 @@ struct HostRoutingTests {
         #expect(try f.counter(0, .egress) == 2)
     }
 
+    /// With the node's subnet known, a packet for another node's pod goes to that node
+    /// (the ipcache's tunnel endpoint) without a FIB lookup: TTL decremented, the
+    /// Ethernet header left to the neighbour subsystem (bpf_redirect_neigh), where the
+    /// FIB path writes the next hop's MAC itself. Anything the FIB must decide takes it.
+    @Test func remotePodOnTheNodesSubnetGoesToItsNodeWithoutTheFIB() throws {
+        let ns = try NodeNamespace()
+        defer { ns.remove() }
+        let pod = ns.pod()
+        let f = try Fixture(endpoints: [pod, Fixture.b], nodeNetwork: IPv4Prefix(Fixture.config.node, 24))
+        let sent = packet(pod.ip, Fixture.remotePod).tcp(sport: 42000, dport: 8080)
+        try ns.run { try f.dp.attachUplink(ifindex: ns.uplinkIndex) }
+        let r = try ns.run { try f.fromContainer(pod, sent) }
+        #expect(r.verdict == TC.redirect)
+        #expect(Array(r.packet[0..<12]) == Array(sent[0..<12]), "no MACs written: the neighbour subsystem's job")
+        #expect(ttl(r.packet) == 63, "TTL decremented")
+        #expect(ipChecksumValid(r.packet), "IPv4 checksum still valid")
+        #expect(Array(r.packet[34...]) == Array(sent[34...]), "L4 untouched")
+        #expect(r.mark == Fixture.inClusterMark)
+        let trace = try #require(try f.dp.flushEvents().first { $0.kind == .trace })
+        #expect(trace.traceReason == .new && trace.verdict == UInt16(TC.redirect))
+        #expect(trace.destinationIdentity == Fixture.remoteIdentity)
+
+        // A node off the subnet: the FIB decides (and writes the MACs of its next hop).
+        let far = IPv4Address(10, 42, 2, 21)
+        try f.dp.upsertIPCache(IPv4Prefix(far, 32), identity: Fixture.remoteIdentity, tunnelEndpoint: IPv4Address(192, 168, 60, 3))
+        let viaFIB = try ns.run { try f.fromContainer(pod, packet(pod.ip, far).tcp(sport: 42001, dport: 8080)) }
+        #expect(viaFIB.verdict == TC.redirect)
+        #expect(Array(viaFIB.packet[0..<6]) == NodeNamespace.remoteNodeMAC.bytes, "the FIB's next hop (the pod CIDR's route)")
+        // TTL 1: the stack answers (time exceeded), as on the FIB path.
+        var expiring = packet(pod.ip, Fixture.remotePod)
+        expiring.ttl = 1
+        #expect(try ns.run { try f.fromContainer(pod, expiring.tcp(sport: 42000, dport: 8080, flags: 0x10)) }.verdict == TC.ok)
+        // Bigger than the uplink's MTU (1500) and not GSO: the FIB path hands it to the stack.
+        let big = packet(pod.ip, Fixture.remotePod).udp(sport: 42002, dport: 53, payload: [UInt8](repeating: 7, count: 1600))
+        #expect(try ns.run { try f.fromContainer(pod, big) }.verdict == TC.ok)
+    }
+
     @Test func unresolvedNextHopGoesThroughRedirectNeigh() throws {
         let ns = try NodeNamespace()
         defer { ns.remove() }
@@ -211,7 +248,10 @@ struct HostRoutingTests {
                 "\(Privileges.missing ?? "needs python3")"),
        .serialized)
 struct HostRoutingAttachTests {
-    @Test func udpEchoToARemotePodBypassesTheNodeStack() async throws {
+    /// Real datagrams, through the FIB (`direct` false) or, with the node's subnet known,
+    /// straight to the remote node (bpf/lib/fib.h fwd_to_node).
+    @Test(arguments: [false, true])
+    func udpEchoToARemotePodBypassesTheNodeStack(direct: Bool) async throws {
         let tag = unique()
         let node = "fp\(tag)n", pod = "fp\(tag)p", remote = "fp\(tag)r"
         let hostIf = "fp\(tag)h"
@@ -246,9 +286,11 @@ struct HostRoutingAttachTests {
 
         let host = try linkInfo(node, hostIf), uplink = try linkInfo(node, "up0")
         let podMAC = try linkInfo(pod, "eth0").mac
-        let dp = try NodeDatapath(config: DatapathConfig(
+        var config = DatapathConfig(
             nodeIP: IPv4Address(192, 168, 77, 2), routerIP: IPv4Address(10, 42, 1, 1),
-            podCIDR: IPv4Prefix("10.42.1.0/24")!, clusterCIDR: IPv4Prefix("10.42.0.0/16")!, pinDirectory: pins))
+            podCIDR: IPv4Prefix("10.42.1.0/24")!, clusterCIDR: IPv4Prefix("10.42.0.0/16")!, pinDirectory: pins)
+        if direct { config.nodeNetwork = IPv4Prefix("192.168.77.0/24")! }
+        let dp = try NodeDatapath(config: config)
         let ep = EndpointEntry(id: 9, ip: IPv4Address(10, 42, 1, 10), identity: 4300, hostIfindex: host.index,
                                podMAC: podMAC, hostMAC: host.mac, ingressEnforced: false, egressEnforced: false)
         try dp.upsertIPCache(IPv4Prefix(IPv4Address(10, 42, 2, 20), 32), identity: 4301,
@@ -296,8 +338,9 @@ struct HostRoutingAttachTests {
                 ttl = [int.from_bytes(d[:4], sys.byteorder) for l, t, d in anc if t == 2][0]
                 print(data.decode(), 'back-ttl=%d' % ttl)
             """
-        // Three datagrams: the first finds the next hop unresolved (bpf_redirect_neigh),
-        // the others resolved (bpf_redirect with the FIB's MACs).
+        // Three datagrams: through the FIB, the first finds the next hop unresolved
+        // (bpf_redirect_neigh), the others resolved (bpf_redirect with the FIB's MACs);
+        // direct, all three go to the node with bpf_redirect_neigh.
         let toRemote = try shell("ip", "netns", "exec", pod, "python3", "-c", client, "10.42.2.20", "3")
         #expect(toRemote.split(separator: "\n") == [
             "ping0 ttl=63 back-ttl=63", "ping1 ttl=63 back-ttl=63", "ping2 ttl=63 back-ttl=63",

@@ -24,6 +24,11 @@ const volatile __u32 fth_pod_cidr = 0;          /* this node's pod CIDR (address
 const volatile __u32 fth_pod_cidr_mask = 0;     /*   and its netmask */
 const volatile __u32 fth_cluster_cidr = 0;      /* every node's pods */
 const volatile __u32 fth_cluster_cidr_mask = 0;
+/* The node's underlay subnet (the uplink's address and prefix): another node's address
+ * in it is a next hop the uplink reaches directly (lib/fib.h). Mask all ones, address 0
+ * when the agent gave none: no node address matches. */
+const volatile __u32 fth_node_net = 0;
+const volatile __u32 fth_node_net_mask = 0xffffffff;
 
 /* ---- reserved security identities (Cilium's numbers) ---- */
 #define FTH_ID_UNKNOWN   0

@@ -77,6 +77,38 @@ static __always_inline int is_uplink(__u32 ifindex)
 	return uplink && *uplink && *uplink == ifindex;
 }
 
+/* A pod's packet for a pod on another node, sent to that node directly: the ipcache
+ * names the node (`node`, the destination's tunnel endpoint), the agent routes every
+ * node's pod CIDR via that node's address on the uplink (Agent.reconcileRoutes), and a
+ * node address on the uplink's own subnet is a next hop the kernel would use as it is.
+ * So no FIB lookup: the TTL is decremented and the neighbour subsystem resolves the
+ * node's MAC (bpf_redirect_neigh), as for an unresolved FIB next hop. *done = 0 (and
+ * nothing changed) when the FIB must decide: a node off the subnet or unknown, the
+ * uplink not known yet, TTL <= 1 (the stack answers), a packet the uplink's MTU does
+ * not take (the FIB path hands it to the stack for ICMP or fragmentation). Returns a
+ * TC verdict, or a negative drop reason. */
+static __always_inline int fwd_to_node(struct __sk_buff *skb, __u32 node, __u8 ttl, int *done)
+{
+	struct bpf_redir_neigh nh = { .nh_family = AF_INET, .ipv4_nh = node };
+	__u32 zero = 0, mtu_len = 0, *uplink;
+	int ret;
+
+	*done = 0;
+	if (!node || (node & fth_node_net_mask) != fth_node_net || ttl <= 1)
+		return 0;
+	uplink = bpf_map_lookup_elem(&fth_uplink_v1, &zero);
+	if (!uplink || !*uplink)
+		return 0;
+	if (bpf_check_mtu(skb, *uplink, &mtu_len, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
+		return 0;
+	ret = ipv4_dec_ttl(skb);
+	if (ret)
+		return -ret;
+	*done = 1;
+	skb->mark = FTH_MARK_IN_CLUSTER;
+	return bpf_redirect_neigh(*uplink, &nh, sizeof(nh), 0);
+}
+
 /* As fib_forward_ipv4, but towards `via` (network order) as the next hop instead of
  * the packet's destination: the egress gateway, where a pod's packet goes
  * untranslated to be translated there. 0 = the destination. *oif gets the device a

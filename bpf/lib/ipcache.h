@@ -40,7 +40,9 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } fth_ipc4x_v1 SEC(".maps");
 
-static __always_inline __u32 ipcache_identity(__u32 addr)
+/* The address's identity; *node gets the node hosting it (its tunnel endpoint, network
+ * order), 0 when the ipcache names none (this node, or not a pod of the cluster). */
+static __always_inline __u32 ipcache_lookup(__u32 addr, __u32 *node)
 {
 	struct ipcache_key k = { .prefixlen = 32, .addr = addr };
 	struct ipcache_info *v = bpf_map_lookup_elem(&fth_ipc4x_v1, &addr);
@@ -48,11 +50,21 @@ static __always_inline __u32 ipcache_identity(__u32 addr)
 	if (!v)
 		v = bpf_map_lookup_elem(&fth_ipc4_v1, &k);
 
-	if (v)
+	*node = 0;
+	if (v) {
+		*node = v->tunnel_endpoint;
 		return v->identity;
+	}
 	if (addr == fth_node_ip || addr == fth_router_ip)
 		return FTH_ID_HOST;
 	if (in_cluster_cidr(addr))
 		return FTH_ID_UNMANAGED;
 	return FTH_ID_WORLD;
+}
+
+static __always_inline __u32 ipcache_identity(__u32 addr)
+{
+	__u32 node;
+
+	return ipcache_lookup(addr, &node);
 }
