@@ -175,6 +175,37 @@ struct HostRoutingTests {
         #expect(try ns.run { try f.fromContainer(pod, big) }.verdict == TC.ok)
     }
 
+    /// The TTL is decremented with the checksum fixed in place (the kernel's
+    /// ip_decrease_ttl arithmetic): valid for every header, the end-around carry included.
+    @Test func ttlDecrementKeepsEveryChecksumValid() throws {
+        var open = Fixture.b
+        open.ingressEnforced = false
+        let f = try Fixture(endpoints: [Fixture.a, open])
+        var carries = 0, runs = 0
+        for ttl in UInt8(2)...255 {
+            for id in UInt16(0)...255 {
+                var p = packet(Fixture.a.ip, open.ip)
+                p.ttl = ttl
+                var bytes = p.udp(sport: 40000, dport: 53)
+                bytes[18] = UInt8(id >> 8); bytes[19] = UInt8(id & 0xff)
+                bytes[24] = 0; bytes[25] = 0
+                let sum = Packet.checksum(Array(bytes[14..<34]))
+                bytes[24] = UInt8(sum >> 8); bytes[25] = UInt8(sum & 0xff)
+                // the checksum word as a little-endian load sees it: the carry case is
+                // where adding htons(0x0100) reaches 0xffff
+                let carry = UInt32(sum.byteSwapped) + 1 >= 0xffff
+                guard carry || (Int(ttl) * 256 + Int(id)) % 97 == 0 else { continue }
+                if carry { carries += 1 }
+                runs += 1
+                let r = try f.fromContainer(Fixture.a, bytes)
+                #expect(r.verdict == TC.redirect)
+                #expect(r.packet[14 + 8] == ttl - 1)
+                #expect(ipChecksumValid(r.packet), "ttl \(ttl) id \(id) checksum \(String(sum, radix: 16))")
+            }
+        }
+        #expect(carries > 0 && runs > carries, "\(carries) carry cases in \(runs) runs")
+    }
+
     @Test func unresolvedNextHopGoesThroughRedirectNeigh() throws {
         let ns = try NodeNamespace()
         defer { ns.remove() }

@@ -158,8 +158,10 @@ static __always_inline int eth_set_macs(struct __sk_buff *skb, const __u8 *dst, 
 }
 
 /* Decrements the IPv4 TTL as a router does and fixes the header checksum
- * incrementally. Returns 0, or a drop reason (TTL_EXCEEDED when the packet may not
- * be forwarded: TTL <= 1). Packet pointers are invalid afterwards. */
+ * incrementally, in place as the kernel's ip_decrease_ttl() does (the TTL is the high
+ * byte of its checksum word: the sum grows by htons(0x0100), with the end-around
+ * carry), without a helper call. Returns 0, or a drop reason (TTL_EXCEEDED when the
+ * packet may not be forwarded: TTL <= 1). */
 static __always_inline int ipv4_dec_ttl(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
@@ -171,12 +173,11 @@ static __always_inline int ipv4_dec_ttl(struct __sk_buff *skb)
 	if (ip->ttl <= 1)
 		return FTH_DROP_TTL_EXCEEDED;
 
-	__u16 *ttl_word = (__u16 *)&ip->ttl;    /* ttl and protocol: one checksum word */
-	__u16 old = *ttl_word;
+	__u32 check = ip->check;
+
+	check += bpf_htons(0x0100);
+	ip->check = (__u16)(check + (check >= 0xFFFF));
 	ip->ttl--;
-	__u16 new = *ttl_word;
-	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 2) < 0)
-		return FTH_DROP_ERROR_WRITING_TO_PACKET;
 	return 0;
 }
 
