@@ -18,6 +18,7 @@ extension Agent {
             nodeIP: config.nodeAddress, routerIP: podCIDR.address(at: 1), podCIDR: podCIDR,
             clusterCIDR: config.clusterCIDR, pinDirectory: pins)
         dpConfig.traceFlags = config.traceFlags
+        dpConfig.conntrackSize = config.conntrackSize
         guard let uplink = try netlink.link(named: config.uplink) else {
             throw AgentError("uplink \(config.uplink) is missing in the node's namespace")
         }

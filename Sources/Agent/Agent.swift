@@ -32,6 +32,8 @@ public struct AgentConfig: Sendable {
     public var flowRingCapacity = 4095
     /// TCP flags whose first sighting per direction is a trace event (`--monitor-aggregation-flags`).
     public var traceFlags = TCPFlagNames.defaultTrace
+    /// Entries of the node's conntrack table (`--bpf-ct-global-max`, DatapathConfig.conntrackSize).
+    public var conntrackSize = 65536
     /// Destinations pods reach without masquerade, besides the cluster's pod CIDR.
     public var nonMasqueradeCIDRs: [IPv4Prefix] = []
     /// Pod labels come from Kubernetes: an endpoint whose pod has not arrived from the API

@@ -54,6 +54,11 @@ public final class NodeDatapath: @unchecked Sendable {
         self.config = config
         try BPFFS.ensureMounted()
         try BPFFS.makeDirectory(config.pinDirectory)
+        guard DatapathConfig.conntrackSizes.contains(config.conntrackSize) else {
+            throw BPFError("conntrack size \(config.conntrackSize) is out of range: use \(DatapathConfig.conntrackSizes.lowerBound) to \(DatapathConfig.conntrackSizes.upperBound) entries",
+                           errno: EINVAL)
+        }
+        let carried = try Self.takeConntrackOfAnotherSize(config)
 
         let lxc = try Self.load(name: "fth_lxc", bytes: EmbeddedObjects.lxc, config: config)
         let host = try Self.load(name: "fth_host", bytes: EmbeddedObjects.host, config: config)
@@ -75,6 +80,7 @@ public final class NodeDatapath: @unchecked Sendable {
         lb = try LBMaps(lxc)
         sock = try? SocketLBObjects(Self.load(name: "fth_sock", bytes: EmbeddedObjects.sock, config: config))
         try BPFFS.makeDirectory(linkDirectory)
+        for (k, v) in carried { _ = try? conntrack.update(k, v, flags: .noExist) }
         try migrateRetiredMaps()
         try syncExactMaps()
     }
@@ -102,6 +108,9 @@ public final class NodeDatapath: @unchecked Sendable {
             }
             if spec.maps.contains(where: { $0.name == MapName.endpoints }) {
                 try spec.setMaxEntries(MapName.endpoints, endpointSlots(config.podCIDR))
+            }
+            if spec.maps.contains(where: { $0.name == MapName.conntrack }) {
+                try spec.setMaxEntries(MapName.conntrack, config.conntrackSize)
             }
             return try spec.load(pinDirectory: config.pinDirectory)
         } catch let e as BPFError {
@@ -274,6 +283,22 @@ public final class NodeDatapath: @unchecked Sendable {
     /// end first (bpf/lib/conntrack.h), so that connections an older agent's programs
     /// tracked keep passing after the upgrade; entries the new programs made already win.
     /// Endpoints v1 (a hash) is rebuilt by the agent's restore, as on any restart.
+    /// The connections of a conntrack table pinned with another size than the one asked
+    /// for (the size setting changed): read, the pin removed so that loading creates a
+    /// table of the new size, and returned for it, the most recently active first and no
+    /// more than fit. Programs still attached keep the old table until the agent attaches
+    /// the new ones: a connection opened in between starts over as new.
+    static func takeConntrackOfAnotherSize(_ config: DatapathConfig) throws -> [(CTKeyRaw, CTEntryRaw)] {
+        let path = config.pinDirectory + "/" + MapName.conntrack
+        guard BPFFS.exists(path), let old = try? Map(pinnedAt: path),
+              old.spec.maxEntries != config.conntrackSize,
+              old.spec.keySize == MemoryLayout<CTKeyRaw>.size, old.spec.valueSize == MemoryLayout<CTEntryRaw>.size
+        else { return [] }
+        let entries = try old.entries(CTKeyRaw.self, CTEntryRaw.self).sorted { $0.1.expires > $1.1.expires }
+        if unlink(path) != 0 { throw BPFError("unpin \(path)", errno: errno) }
+        return Array(entries.prefix(config.conntrackSize))
+    }
+
     func migrateRetiredMaps() throws {
         let dir = config.pinDirectory + "/"
         if BPFFS.exists(dir + MapName.conntrackV1) {

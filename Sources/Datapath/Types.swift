@@ -20,6 +20,13 @@ public struct DatapathConfig: Sendable {
     /// pod on another node whose address is in it goes to that node without a FIB lookup
     /// (bpf/lib/fib.h); nil: every such packet takes the FIB.
     public var nodeNetwork: IPv4Prefix?
+    /// Entries of the conntrack table (an LRU: when full, the least recently used entry
+    /// goes), one table for every protocol, as Cilium's --bpf-ct-global-tcp-max and
+    /// -any-max together. Within `conntrackSizes`; a table pinned with another size is
+    /// replaced by one of this size with its connections carried over.
+    public var conntrackSize = 65536
+    /// Cilium's bounds for its conntrack tables (LimitTableMin, LimitTableMax).
+    public static let conntrackSizes = 1024...16_777_216
 
     public init(nodeIP: IPv4Address, routerIP: IPv4Address, podCIDR: IPv4Prefix,
                 clusterCIDR: IPv4Prefix, pinDirectory: String) {

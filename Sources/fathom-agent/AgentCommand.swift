@@ -30,6 +30,8 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Flows kept in the observer's ring (Hubble's default 4095).") var hubbleRingCapacity = 4095
     @Option(help: "TCP flags whose first sighting in each direction of a connection is a trace event, as Cilium's (syn,fin,rst,psh,ack,urg,ece,cwr, all or none).")
     var monitorAggregationFlags = "syn,fin,rst"
+    @Option(help: "Entries of the node's conntrack table, every protocol (Cilium's --bpf-ct-global-tcp-max and -any-max together); a changed size carries tracked connections over at start.")
+    var bpfCtGlobalMax = 65536
     @Option(help: "Serve Prometheus metrics on http://host:port/metrics.") var metricsAddress: String?
     @Option(help: "A destination CIDR pods reach without masquerade (repeatable); the cluster's pod CIDR always is.")
     var nonMasqueradeCIDR: [String] = []
@@ -54,6 +56,9 @@ struct AgentCommand: AsyncParsableCommand {
         if case .failure(let e) = TCPFlagNames.parse(monitorAggregationFlags) {
             throw ValidationError("--monitor-aggregation-flags: '\(e.word)' is not a TCP flag; use syn, fin, rst, psh, ack, urg, ece, cwr, all or none, separated by commas")
         }
+        guard DatapathConfig.conntrackSizes.contains(bpfCtGlobalMax) else {
+            throw ValidationError("--bpf-ct-global-max \(bpfCtGlobalMax) is out of range: use \(DatapathConfig.conntrackSizes.lowerBound) to \(DatapathConfig.conntrackSizes.upperBound) entries (the default is 65536)")
+        }
         guard (1...1_048_575).contains(hubbleRingCapacity) else {
             throw ValidationError("--hubble-ring-capacity \(hubbleRingCapacity) is out of range: use 1 to 1048575 (Hubble's default is 4095)")
         }
@@ -69,6 +74,7 @@ struct AgentCommand: AsyncParsableCommand {
         config.uplink = uplink
         config.pinDirectory = noDatapath ? nil : pinDir
         config.flowRingCapacity = hubbleRingCapacity
+        config.conntrackSize = bpfCtGlobalMax
         if case .success(let flags) = TCPFlagNames.parse(monitorAggregationFlags) { config.traceFlags = flags }
         config.nonMasqueradeCIDRs = nonMasqueradeCIDR.compactMap { IPv4Prefix($0) }
         config.kubernetesMode = kubeconfig != nil || k8sInCluster

@@ -485,6 +485,39 @@ struct PolicyFixtureTests {
         ], delete: [])
         #expect(try f.fromContainer(a, packet(a.ip, b.ip).udp(sport: 9, dport: 9)).verdict == TC.redirect)
     }
+
+    /// The conntrack table's size is a setting (Cilium's --bpf-ct-global-*-max): a table
+    /// pinned with another size is replaced by one of the new size, its connections
+    /// carried over and still passing; a size out of range is refused and changes nothing.
+    @Test func aConntrackTableOfAnotherSizeKeepsItsConnections() throws {
+        var pod = a
+        pod.ingressEnforced = true
+        let f = try Fixture(endpoints: [pod, b])
+        // 40 connections to a remote pod; their replies pass on conntrack alone
+        for port in UInt16(41000)..<41040 {
+            _ = try f.fromContainer(pod, packet(pod.ip, Fixture.remotePod).tcp(sport: port, dport: 8080))
+        }
+        #expect(try f.dp.dumpConntrack().count == 40)
+        let c = Fixture.config
+        var config = DatapathConfig(nodeIP: c.node, routerIP: c.router, podCIDR: c.pods, clusterCIDR: c.cluster,
+                                    pinDirectory: f.pinDirectory)
+        func capacity(_ dp: NodeDatapath) throws -> Int? { try dp.mapUsage().first { $0.name == "fth_ct4_v2" }?.capacity }
+
+        config.conntrackSize = 100
+        #expect(throws: BPFError.self) { try NodeDatapath(config: config) }
+        #expect(try capacity(f.dp) == 65536 && f.dp.dumpConntrack().count == 40, "a refused size changes nothing")
+
+        config.conntrackSize = 4096
+        let bigger = try NodeDatapath(config: config)
+        #expect(try capacity(bigger) == 4096)
+        #expect(try bigger.dumpConntrack().count == 40)
+        let reply = try bigger.testRun(.fromNetdev, packet: packet(Fixture.remotePod, pod.ip).tcp(sport: 8080, dport: 41039, flags: 0x12))
+        #expect(reply.verdict == TC.redirect, "a carried-over connection's reply passes the new programs")
+        #expect(try bigger.testRun(.fromNetdev, packet: packet(Fixture.remotePod, pod.ip).tcp(sport: 8080, dport: 41040, flags: 0x12)).verdict == TC.shot,
+                "one never tracked does not")
+        // Opened again with the same size: the same table.
+        #expect(try NodeDatapath(config: config).dumpConntrack().count == 40)
+    }
 }
 
 @Suite struct TCPFlagNamesTests {
