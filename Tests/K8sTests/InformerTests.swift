@@ -107,7 +107,7 @@ import Testing
             let updates = Collector(informer.stream())
             defer { updates.stop() }
             await updates.wait(for: 1)
-            #expect(await eventually(timeout: .seconds(6)) { server.requests("WATCH", "namespaces") >= 3 })
+            #expect(await eventually(timeout: .seconds(30)) { server.requests("WATCH", "namespaces") >= 3 })
             #expect(server.requests("LIST", "namespaces") == 1)
             _ = try await client.create(.namespaces, namespace("late"))
             #expect(await updates.wait(for: 2).last?.summary == "+late")
