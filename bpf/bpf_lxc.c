@@ -101,20 +101,15 @@ static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct fth
 		__u32 oif = 0;
 
 		/* another node's pod: to that node without a FIB lookup when it is on the
-		 * uplink's subnet (lib/fib.h). The node is the connection's, from its
-		 * conntrack entry or the ipcache lookup that made it; an entry without one
-		 * (made before it was kept) costs an ipcache lookup. */
-		if (!leaves && f.daddr == c->flow.daddr) {
-			__u32 node = c->remote_node;
+		 * uplink's subnet (lib/fib.h); its identity comes with the same lookup */
+		if (!leaves) {
+			__u32 node;
+			__u32 id = ipcache_lookup(f.daddr, &node);
 			int done;
 
-			if (!node) {
-				__u32 id = ipcache_lookup(f.daddr, &node);
-
-				if (c->lazy & FTH_LAZY_DST) {
-					c->dst_identity = id;
-					c->lazy &= ~FTH_LAZY_DST;
-				}
+			if ((c->lazy & FTH_LAZY_DST) && f.daddr == c->flow.daddr) {
+				c->dst_identity = id;
+				c->lazy &= ~FTH_LAZY_DST;
 			}
 			ret = fwd_to_node(skb, node, f.ttl, &done);
 			if (ret < 0)

@@ -131,7 +131,7 @@ struct CTEntryRaw: BitwiseCopyable {
     var revNatID: UInt16
     var pad: (UInt8, UInt8)
     var dstIdentity: UInt32
-    var remoteNode: UInt32
+    var pad1: UInt32
 }
 
 /// Conntrack value of layout v1 (fth_ct4_v1): v2 without the responder's identity.
@@ -154,7 +154,7 @@ struct CTEntryV1Raw: BitwiseCopyable {
     var upgraded: CTEntryRaw {
         CTEntryRaw(expires: expires, txPackets: txPackets, txBytes: txBytes, rxPackets: rxPackets, rxBytes: rxBytes,
                    ruleRef: ruleRef, srcIdentity: srcIdentity, txFlagsSeen: txFlagsSeen, rxFlagsSeen: rxFlagsSeen,
-                   flags: flags, pad0: 0, revNatID: revNatID, pad: (0, 0), dstIdentity: 0, remoteNode: 0)
+                   flags: flags, pad0: 0, revNatID: revNatID, pad: (0, 0), dstIdentity: 0, pad1: 0)
     }
 }
 

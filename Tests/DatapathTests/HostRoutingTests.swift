@@ -145,21 +145,6 @@ struct HostRoutingTests {
         #expect(trace.traceReason == .new && trace.verdict == UInt16(TC.redirect))
         #expect(trace.destinationIdentity == Fixture.remoteIdentity)
 
-        // The connection keeps its node in its conntrack entry: its next packets are sent
-        // there without an ipcache lookup (an entry changed meanwhile is not looked at).
-        try f.dp.upsertIPCache(IPv4Prefix(Fixture.remotePod, 32), identity: Fixture.remoteIdentity,
-                               tunnelEndpoint: IPv4Address(192, 168, 60, 3))
-        let next = try ns.run { try f.fromContainer(pod, packet(pod.ip, Fixture.remotePod).tcp(sport: 42000, dport: 8080, flags: 0x10)) }
-        #expect(next.verdict == TC.redirect && Array(next.packet[0..<12]) == Array(sent[0..<12]))
-        try f.dp.upsertIPCache(IPv4Prefix(Fixture.remotePod, 32), identity: Fixture.remoteIdentity, tunnelEndpoint: Fixture.remoteNode)
-        // A connection from the remote pod: from-netdev keeps the client's node, the
-        // pod's replies go there directly.
-        let syn = try f.fromNetdev(packet(Fixture.remotePod, pod.ip).tcp(sport: 43000, dport: 80))
-        #expect(syn.verdict == TC.redirect)
-        let reply = packet(pod.ip, Fixture.remotePod).tcp(sport: 80, dport: 43000, flags: 0x12)
-        let back = try ns.run { try f.fromContainer(pod, reply) }
-        #expect(back.verdict == TC.redirect && Array(back.packet[0..<12]) == Array(reply[0..<12]), "sent to the client's node")
-
         // A node off the subnet: the FIB decides (and writes the MACs of its next hop).
         let far = IPv4Address(10, 42, 2, 21)
         try f.dp.upsertIPCache(IPv4Prefix(far, 32), identity: Fixture.remoteIdentity, tunnelEndpoint: IPv4Address(192, 168, 60, 3))

@@ -61,9 +61,7 @@ struct ct_entry {
 	__u16 rev_nat_id;       /* translated from this service frontend (lib/lb.h), 0 = none */
 	__u8  pad[2];
 	__u32 dst_identity;     /* identity of the responder */
-	__u32 remote_node;      /* node of the connection's end on another node (network
-				 * order), 0 = none or not known: where from-container sends
-				 * its packets without an ipcache lookup (lib/fib.h) */
+	__u32 pad1;
 };
 
 /* Written by the programs (create, update) and the agent (expire). */
@@ -168,7 +166,7 @@ static __always_inline int ct_is_reply(const struct fth_flow *f)
 }
 
 static __always_inline int ct_create(const struct fth_flow *f, __u32 src_identity, __u32 dst_identity,
-				     __u32 rule_ref, __u16 rev_nat_id, __u32 remote_node)
+				     __u32 rule_ref, __u16 rev_nat_id)
 {
 	struct ct_key k;
 	int swapped = ct_key_of(f, &k);
@@ -181,7 +179,6 @@ static __always_inline int ct_create(const struct fth_flow *f, __u32 src_identit
 		.tx_flags_seen = f->tcp_flags,
 		.rev_nat_id = rev_nat_id,
 		.flags = swapped ? FTH_CT_F_SWAPPED : 0,
-		.remote_node = remote_node,
 	};
 	e.expires = ct_now() + ct_lifetime(f, 0);
 	if (bpf_map_update_elem(&fth_ct4_v2, &k, &e, BPF_ANY) < 0)
@@ -194,7 +191,7 @@ static __always_inline int ct_create(const struct fth_flow *f, __u32 src_identit
  * Cilium reopens a closing entry, instead of a new element taking its key (an LRU
  * element is popped from the free lists, the old one pushed back). */
 static __always_inline void ct_reopen(struct ct_entry *e, const struct fth_flow *f, __u32 src_identity,
-				      __u32 dst_identity, __u32 rule_ref, __u16 rev_nat_id, __u32 remote_node)
+				      __u32 dst_identity, __u32 rule_ref, __u16 rev_nat_id)
 {
 	struct ct_key k;
 	int swapped = ct_key_of(f, &k);
@@ -211,5 +208,4 @@ static __always_inline void ct_reopen(struct ct_entry *e, const struct fth_flow 
 	e->rx_flags_seen = 0;
 	e->flags = swapped ? FTH_CT_F_SWAPPED : 0;
 	e->rev_nat_id = rev_nat_id;
-	e->remote_node = remote_node;
 }

@@ -105,8 +105,6 @@ struct fth_ctx {
 	__u32 endpoint_id;
 	__u32 rule_ref;
 	__u32 xlated_saddr;     /* set by NAT: the source the packet leaves with */
-	__u32 remote_node;      /* the node of the end not on this node, from the ipcache or
-				 * the conntrack entry; 0 = not known (lib/fib.h) */
 	__u8  obs_point;
 	__u8  direction;
 	__u8  is_reply;         /* conntrack: a reply of a tracked connection */
@@ -123,9 +121,9 @@ struct fth_ctx {
 static __always_inline void ctx_identities(struct fth_ctx *c)
 {
 	if (c->lazy & FTH_LAZY_SRC)
-		c->src_identity = ipcache_lookup(c->flow.saddr, &c->remote_node);
+		c->src_identity = ipcache_identity(c->flow.saddr);
 	if (c->lazy & FTH_LAZY_DST)
-		c->dst_identity = ipcache_lookup(c->flow.daddr, &c->remote_node);
+		c->dst_identity = ipcache_identity(c->flow.daddr);
 	c->lazy = 0;
 }
 

@@ -50,10 +50,8 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 		old = e;
 	if (state == FTH_CT_REPLY) {
 		c->is_reply = 1;
-		if (e) {
+		if (e)
 			c->rev_nat_id = e->rev_nat_id;
-			c->remote_node = e->remote_node;
-		}
 		if (first || (new_flags & fth_trace_flags)) {
 			*trace = FTH_TRACE_REPLY;
 			if (e)
@@ -72,8 +70,6 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 		old = e;
 	}
 	if (state == FTH_CT_ESTABLISHED) {
-		if (e)
-			c->remote_node = e->remote_node;
 		if (new_flags & fth_trace_flags) {
 			*trace = FTH_TRACE_ESTABLISHED;
 			if (e)
@@ -101,9 +97,9 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 		}
 	}
 	if (old) {
-		ct_reopen(old, &c->flow, c->src_identity, c->dst_identity, c->rule_ref, c->rev_nat_id, c->remote_node);
+		ct_reopen(old, &c->flow, c->src_identity, c->dst_identity, c->rule_ref, c->rev_nat_id);
 	} else {
-		ret = ct_create(&c->flow, c->src_identity, c->dst_identity, c->rule_ref, c->rev_nat_id, c->remote_node);
+		ret = ct_create(&c->flow, c->src_identity, c->dst_identity, c->rule_ref, c->rev_nat_id);
 		if (ret)
 			return ret;
 	}
