@@ -100,9 +100,11 @@ static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct fth
 			return drop(skb, c, reason, FTH_DIR_EGRESS);
 		__u32 oif = 0;
 
-		/* another node's pod: to that node without a FIB lookup when it is on the
-		 * uplink's subnet (lib/fib.h); its identity comes with the same lookup */
-		if (!leaves) {
+		/* another node's pod (an address of the cluster's pod CIDRs): to that node
+		 * without a FIB lookup when it is on the uplink's subnet (lib/fib.h); its
+		 * identity comes with the same lookup. Node addresses and the rest take the
+		 * FIB, no ipcache lookup. */
+		if (!leaves && in_cluster_cidr(f.daddr)) {
 			__u32 node;
 			__u32 id = ipcache_lookup(f.daddr, &node);
 			int done;

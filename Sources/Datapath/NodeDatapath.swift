@@ -58,7 +58,7 @@ public final class NodeDatapath: @unchecked Sendable {
             throw BPFError("conntrack size \(config.conntrackSize) is out of range: use \(DatapathConfig.conntrackSizes.lowerBound) to \(DatapathConfig.conntrackSizes.upperBound) entries",
                            errno: EINVAL)
         }
-        let carried = try Self.takeConntrackOfAnotherSize(config)
+        try Self.setAsideConntrackOfAnotherSize(config)
 
         let lxc = try Self.load(name: "fth_lxc", bytes: EmbeddedObjects.lxc, config: config)
         let host = try Self.load(name: "fth_host", bytes: EmbeddedObjects.host, config: config)
@@ -80,7 +80,7 @@ public final class NodeDatapath: @unchecked Sendable {
         lb = try LBMaps(lxc)
         sock = try? SocketLBObjects(Self.load(name: "fth_sock", bytes: EmbeddedObjects.sock, config: config))
         try BPFFS.makeDirectory(linkDirectory)
-        for (k, v) in carried { _ = try? conntrack.update(k, v, flags: .noExist) }
+        try carryOverSetAsideConntrack()
         try migrateRetiredMaps()
         try syncExactMaps()
     }
@@ -276,6 +276,44 @@ public final class NodeDatapath: @unchecked Sendable {
         }
     }
 
+    /// A conntrack table pinned with another size than the one asked for (the size
+    /// setting changed) is set aside: pinned under a second name and its own pin removed
+    /// (bpffs has no rename), so that loading creates a table of the new size, and carried
+    /// over by `carryOverSetAsideConntrack` once that exists. Set aside, not removed: if the
+    /// agent stops in between, the next start still finds the connections there.
+    static func setAsideConntrackOfAnotherSize(_ config: DatapathConfig) throws {
+        let path = config.pinDirectory + "/" + MapName.conntrack
+        let aside = path + setAsideSuffix
+        guard BPFFS.exists(path), let old = try? Map(pinnedAt: path), old.spec.maxEntries != config.conntrackSize
+        else { return }
+        // one set aside already (a start that stopped half way): that one holds the
+        // connections; this one is the half-filled table of that start
+        if !BPFFS.exists(aside) { try old.pin(at: aside) }
+        if unlink(path) != 0 { throw BPFError("set aside \(path)", errno: errno) }
+    }
+
+    static let setAsideSuffix = "_resizing"   // bpffs refuses dots in names
+
+    /// The set-aside table's connections, into the new one: least recently active first
+    /// (by expiry), so that when they do not all fit the LRU keeps the latest. Programs
+    /// still attached use the old table until the agent attaches the new ones: a
+    /// connection they open in between starts over as new. Returns how many were carried.
+    @discardableResult
+    func carryOverSetAsideConntrack() throws -> Int {
+        let aside = config.pinDirectory + "/" + MapName.conntrack + Self.setAsideSuffix
+        guard BPFFS.exists(aside) else { return 0 }
+        var carried = 0
+        if let old = try? Map(pinnedAt: aside),
+           old.spec.keySize == MemoryLayout<CTKeyRaw>.size, old.spec.valueSize == MemoryLayout<CTEntryRaw>.size {
+            let entries = try old.entries(CTKeyRaw.self, CTEntryRaw.self).sorted { $0.1.expires < $1.1.expires }
+            for (k, v) in entries.suffix(config.conntrackSize) where (try? conntrack.update(k, v, flags: .noExist)) != nil {
+                carried += 1
+            }
+        }
+        if unlink(aside) != 0 { throw BPFError("unpin \(aside)", errno: errno) }
+        return carried
+    }
+
     /// Maps of earlier layouts a previous agent may have left pinned: what they hold that
     /// still matters is carried over, then their pins go (the kernel frees them once the
     /// programs using them are replaced). Conntrack v1 was keyed by the initiator's tuple
@@ -283,22 +321,6 @@ public final class NodeDatapath: @unchecked Sendable {
     /// end first (bpf/lib/conntrack.h), so that connections an older agent's programs
     /// tracked keep passing after the upgrade; entries the new programs made already win.
     /// Endpoints v1 (a hash) is rebuilt by the agent's restore, as on any restart.
-    /// The connections of a conntrack table pinned with another size than the one asked
-    /// for (the size setting changed): read, the pin removed so that loading creates a
-    /// table of the new size, and returned for it, the most recently active first and no
-    /// more than fit. Programs still attached keep the old table until the agent attaches
-    /// the new ones: a connection opened in between starts over as new.
-    static func takeConntrackOfAnotherSize(_ config: DatapathConfig) throws -> [(CTKeyRaw, CTEntryRaw)] {
-        let path = config.pinDirectory + "/" + MapName.conntrack
-        guard BPFFS.exists(path), let old = try? Map(pinnedAt: path),
-              old.spec.maxEntries != config.conntrackSize,
-              old.spec.keySize == MemoryLayout<CTKeyRaw>.size, old.spec.valueSize == MemoryLayout<CTEntryRaw>.size
-        else { return [] }
-        let entries = try old.entries(CTKeyRaw.self, CTEntryRaw.self).sorted { $0.1.expires > $1.1.expires }
-        if unlink(path) != 0 { throw BPFError("unpin \(path)", errno: errno) }
-        return Array(entries.prefix(config.conntrackSize))
-    }
-
     func migrateRetiredMaps() throws {
         let dir = config.pinDirectory + "/"
         if BPFFS.exists(dir + MapName.conntrackV1) {

@@ -1,5 +1,5 @@
 import BPF
-import Datapath
+@testable import Datapath
 import Model
 import Testing
 
@@ -488,35 +488,56 @@ struct PolicyFixtureTests {
 
     /// The conntrack table's size is a setting (Cilium's --bpf-ct-global-*-max): a table
     /// pinned with another size is replaced by one of the new size, its connections
-    /// carried over and still passing; a size out of range is refused and changes nothing.
+    /// carried over and still passing; a smaller one keeps the latest; a size out of range
+    /// is refused and changes nothing; a start that stopped half way loses nothing.
     @Test func aConntrackTableOfAnotherSizeKeepsItsConnections() throws {
         var pod = a
         pod.ingressEnforced = true
         let f = try Fixture(endpoints: [pod, b])
-        // 40 connections to a remote pod; their replies pass on conntrack alone
-        for port in UInt16(41000)..<41040 {
+        // 1,100 connections to a remote pod (SYN: 60 s to live), then the last 20
+        // established (6 h): their replies pass on conntrack alone
+        for port in UInt16(41000)..<42100 {
             _ = try f.fromContainer(pod, packet(pod.ip, Fixture.remotePod).tcp(sport: port, dport: 8080))
         }
-        #expect(try f.dp.dumpConntrack().count == 40)
+        for port in UInt16(42080)..<42100 {
+            _ = try f.fromContainer(pod, packet(pod.ip, Fixture.remotePod).tcp(sport: port, dport: 8080, flags: 0x10))
+        }
+        #expect(try f.dp.dumpConntrack().count == 1100)
         let c = Fixture.config
         var config = DatapathConfig(nodeIP: c.node, routerIP: c.router, podCIDR: c.pods, clusterCIDR: c.cluster,
                                     pinDirectory: f.pinDirectory)
         func capacity(_ dp: NodeDatapath) throws -> Int? { try dp.mapUsage().first { $0.name == "fth_ct4_v2" }?.capacity }
+        func replyPasses(_ dp: NodeDatapath, _ port: UInt16) throws -> Bool {
+            try dp.testRun(.fromNetdev, packet: packet(Fixture.remotePod, pod.ip).tcp(sport: 8080, dport: port, flags: 0x12)).verdict == TC.redirect
+        }
 
         config.conntrackSize = 100
         #expect(throws: BPFError.self) { try NodeDatapath(config: config) }
-        #expect(try capacity(f.dp) == 65536 && f.dp.dumpConntrack().count == 40, "a refused size changes nothing")
+        #expect(try capacity(f.dp) == 65536 && f.dp.dumpConntrack().count == 1100, "a refused size changes nothing")
 
         config.conntrackSize = 4096
         let bigger = try NodeDatapath(config: config)
         #expect(try capacity(bigger) == 4096)
-        #expect(try bigger.dumpConntrack().count == 40)
-        let reply = try bigger.testRun(.fromNetdev, packet: packet(Fixture.remotePod, pod.ip).tcp(sport: 8080, dport: 41039, flags: 0x12))
-        #expect(reply.verdict == TC.redirect, "a carried-over connection's reply passes the new programs")
-        #expect(try bigger.testRun(.fromNetdev, packet: packet(Fixture.remotePod, pod.ip).tcp(sport: 8080, dport: 41040, flags: 0x12)).verdict == TC.shot,
-                "one never tracked does not")
-        // Opened again with the same size: the same table.
-        #expect(try NodeDatapath(config: config).dumpConntrack().count == 40)
+        #expect(try bigger.dumpConntrack().count == 1100)
+        #expect(try replyPasses(bigger, 41000), "a carried-over connection's reply passes the new programs")
+        #expect(try !replyPasses(bigger, 42100), "one never tracked does not")
+        #expect(try NodeDatapath(config: config).dumpConntrack().count == 1100, "the same size: the same table")
+
+        // Smaller than what is tracked: the connections that live longest are kept.
+        config.conntrackSize = 1024
+        let smaller = try NodeDatapath(config: config)
+        #expect(try capacity(smaller) == 1024)
+        let kept = try smaller.dumpConntrack()
+        #expect(kept.count <= 1024 && kept.count > 900, "\(kept.count)")
+        for port in UInt16(42080)..<42100 { #expect(try replyPasses(smaller, port), "established \(port) kept") }
+
+        // A start that stopped after setting the table aside: the next one carries it over.
+        config.conntrackSize = 2048
+        try NodeDatapath.setAsideConntrackOfAnotherSize(config)
+        #expect(!BPFFS.exists(f.pinDirectory + "/fth_ct4_v2") && BPFFS.exists(f.pinDirectory + "/fth_ct4_v2_resizing"))
+        let resumed = try NodeDatapath(config: config)
+        #expect(try resumed.dumpConntrack().count == kept.count)
+        #expect(!BPFFS.exists(f.pinDirectory + "/fth_ct4_v2_resizing"))
     }
 }
 

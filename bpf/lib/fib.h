@@ -85,8 +85,9 @@ static __always_inline int is_uplink(__u32 ifindex)
  * node's MAC (bpf_redirect_neigh), as for an unresolved FIB next hop. *done = 0 (and
  * nothing changed) when the FIB must decide: a node off the subnet or unknown, the
  * uplink not known yet, TTL <= 1 (the stack answers), a packet the uplink's MTU does
- * not take (the FIB path hands it to the stack for ICMP or fragmentation). Returns a
- * TC verdict, or a negative drop reason. */
+ * not take, a GSO packet segment by segment as the stack's own forwarding checks it (the
+ * FIB path hands a non-GSO one to the stack for ICMP or fragmentation). Returns a TC
+ * verdict, or a negative drop reason. */
 static __always_inline int fwd_to_node(struct __sk_buff *skb, __u32 node, __u8 ttl, int *done)
 {
 	struct bpf_redir_neigh nh = { .nh_family = AF_INET, .ipv4_nh = node };
@@ -99,7 +100,7 @@ static __always_inline int fwd_to_node(struct __sk_buff *skb, __u32 node, __u8 t
 	uplink = bpf_map_lookup_elem(&fth_uplink_v1, &zero);
 	if (!uplink || !*uplink)
 		return 0;
-	if (bpf_check_mtu(skb, *uplink, &mtu_len, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
+	if (bpf_check_mtu(skb, *uplink, &mtu_len, 0, BPF_MTU_CHK_SEGS) != BPF_MTU_CHK_RET_SUCCESS)
 		return 0;
 	ret = ipv4_dec_ttl(skb);
 	if (ret)
