@@ -279,8 +279,10 @@ struct HostRoutingTests {
                 "\(Privileges.missing ?? "needs python3")"),
        .serialized)
 struct HostRoutingAttachTests {
-    /// Real datagrams, through the FIB (`direct` false) or, with the node's subnet known,
-    /// straight to the remote node (bpf/lib/fib.h fwd_to_node).
+    /// Real datagrams with the node's subnet unknown (`direct` false: every packet through
+    /// the FIB) and known (a pod's packets for the remote pod straight to its node,
+    /// bpf/lib/fib.h fwd_to_node): the same answers, TTLs and checksums either way. Which
+    /// path a packet takes is shown by remotePodOnTheNodesSubnetGoesToItsNodeWithoutTheFIB.
     @Test(arguments: [false, true])
     func udpEchoToARemotePodBypassesTheNodeStack(direct: Bool) async throws {
         let tag = unique()
