@@ -52,12 +52,12 @@ public final class NodeDatapath: @unchecked Sendable {
 
     public init(config: DatapathConfig) throws {
         self.config = config
-        try BPFFS.ensureMounted()
-        try BPFFS.makeDirectory(config.pinDirectory)
         guard DatapathConfig.conntrackSizes.contains(config.conntrackSize) else {
             throw BPFError("conntrack size \(config.conntrackSize) is out of range: use \(DatapathConfig.conntrackSizes.lowerBound) to \(DatapathConfig.conntrackSizes.upperBound) entries",
                            errno: EINVAL)
         }
+        try BPFFS.ensureMounted()
+        try BPFFS.makeDirectory(config.pinDirectory)
         try Self.setAsideConntrackOfAnotherSize(config)
 
         let lxc = try Self.load(name: "fth_lxc", bytes: EmbeddedObjects.lxc, config: config)
