@@ -492,8 +492,14 @@ public final class NodeDatapath: @unchecked Sendable {
 
     // MARK: events
 
+    /// How often the ring buffer is drained when nothing wakes the reader (the programs
+    /// wake it once the ring is half full), in milliseconds. Read when the first stream
+    /// starts the reader.
+    var eventDrainInterval: Int32 = 50
+
     /// Decoded trace and drop events, one at a time. The ring buffer is drained every 50 ms
-    /// on a dedicated thread from the first call on; each stream gets every event.
+    /// (or when half full) on a dedicated thread from the first call on; each stream gets
+    /// every event.
     public func events() -> AsyncStream<DatapathEvent> {
         let id = nextSubscriber.wrappingAdd(1, ordering: .relaxed).oldValue
         let (stream, continuation) = AsyncStream<DatapathEvent>.makeStream(bufferingPolicy: .bufferingNewest(65536))
@@ -501,7 +507,7 @@ public final class NodeDatapath: @unchecked Sendable {
             _ = self?.subscribers.withLock { $0.removeValue(forKey: id) }
         }
         subscribers.withLock { $0[id] = continuation }
-        try? reader().start(interval: 50)
+        try? reader().start(interval: eventDrainInterval)
         return stream
     }
 
@@ -516,7 +522,7 @@ public final class NodeDatapath: @unchecked Sendable {
             _ = self?.batchSubscribers.withLock { $0.removeValue(forKey: id) }
         }
         batchSubscribers.withLock { $0[id] = continuation }
-        try? reader().start(interval: 50)
+        try? reader().start(interval: eventDrainInterval)
         return stream
     }
 

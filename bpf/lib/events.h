@@ -3,7 +3,8 @@
  * Trace events for the first packet of each direction of a connection and for
  * TCP flags new to a direction among fth_trace_flags (Cilium's medium monitor
  * aggregation), a drop event for every drop. Events go to one ring buffer without waking the reader
- * (BPF_RB_NO_WAKEUP); the agent drains it on a timer (<= 100 ms). Per-CPU
+ * (BPF_RB_NO_WAKEUP) until it is half full; the agent drains it on a timer (<= 100 ms)
+ * or when woken. Per-CPU
  * counters by (reason, direction) count every packet: reason 0 = forwarded.
  */
 #pragma once
@@ -53,10 +54,12 @@ struct fth_event {
 	__u16 pad;
 };
 
+#define FTH_EVENTS_RING_BYTES (256 * 1024)
+
 /* Written by the programs; drained by the agent. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
+	__uint(max_entries, FTH_EVENTS_RING_BYTES);
 } fth_events_v1 SEC(".maps");
 
 /* Events that found the ring full: one per-CPU counter, read by the agent and
@@ -161,7 +164,17 @@ static __always_inline void emit_event(struct __sk_buff *skb, const struct fth_c
 	e->xlated_saddr = c->xlated_saddr;
 	e->frontend_id = c->rev_nat_id;
 	e->pad = 0;
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	/* The reader is not woken per event: it drains on its timer. But a burst can fill
+	 * the ring before the timer fires (a connection-per-request load writes ~5 MB/s of
+	 * events per node, 256 KiB last ~50 ms): once the ring is more than half full, the
+	 * reader is woken, by the record that crosses into another 4 KiB of it (a wake-up is
+	 * an interrupt: one per record costs more than the record; two CPUs crossing at the
+	 * same time may both miss, and the next 4 KiB wakes it). */
+	__u64 avail = bpf_ringbuf_query(&fth_events_v1, BPF_RB_AVAIL_DATA);
+	__u64 before = avail - (sizeof(*e) + 8);        /* the ring's 8-byte record header */
+	int wake = avail > FTH_EVENTS_RING_BYTES / 2 && (avail >> 12) != (before >> 12);
+
+	bpf_ringbuf_submit(e, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 /* Drops the packet: counter, drop event, TC_ACT_SHOT. */

@@ -200,8 +200,7 @@ static __always_inline struct lb4_backend *lb4_select(const struct lb4_service *
 			if (f->tcp_flags & (FTH_TCP_FIN | FTH_TCP_RST))
 				e->flags |= FTH_CT_F_CLOSING;
 			e->expires = now + ct_lifetime(f, e->flags);
-			__sync_fetch_and_add(&e->tx_packets, 1);
-			__sync_fetch_and_add(&e->tx_bytes, f->len);
+			ct_account(&e->tx_packets, &e->tx_bytes, f->len);
 			goto affinity;
 		}
 	}

@@ -47,3 +47,14 @@ int fth_bpf_mount_bpffs(const char *path);
 
 /* errno of the calling thread. */
 int fth_bpf_errno(void);
+
+/* Waiting on a ring buffer map for a drain: an epoll set holding the ring's fd
+ * edge-triggered (readable means "records waiting", which under load is always; an
+ * edge is a producer's wake-up) and the read end of a pipe that ends the wait.
+ * fds gets the epoll fd, the pipe's read end and its write end. 0 or -errno. */
+int fth_ring_waiter_open(int ring_fd, int fds[3]);
+/* Waits up to timeout_ms for a wake-up or the pipe; >0 woken, 0 timed out, -errno. */
+int fth_ring_waiter_wait(int epoll_fd, int timeout_ms);
+/* Ends a wait (and every later one) at once. */
+void fth_ring_waiter_stop(int pipe_write_fd);
+void fth_ring_waiter_close(const int fds[3]);
