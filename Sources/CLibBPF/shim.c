@@ -39,7 +39,22 @@ void fth_bpf_set_log_handler(fth_bpf_log_handler handler)
 struct bpf_object *fth_bpf_object_open_mem(const void *bytes, size_t size, const char *name)
 {
     LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = name);
-    return bpf_object__open_mem(bytes, size, &opts);
+    struct bpf_object *obj = bpf_object__open_mem(bytes, size, &opts);
+    struct bpf_map *map;
+
+    if (!obj)
+        return NULL;
+    /* Global data (.rodata settings) in memory the kernel allocates as it does other
+     * small arrays, not as a mmap()-able one: libbpf asks for BPF_F_MMAPABLE so that a
+     * skeleton can reach the variables from user space, which nothing here does, and
+     * mmap()-able map memory is vmalloc()ed in 4 KiB pages: the programs' first read of a
+     * setting was a TLB miss per run (7% of from-container's samples, perf). Values are
+     * still written before load through bpf_map__initial_value. */
+    bpf_object__for_each_map(map, obj) {
+        if (bpf_map__is_internal(map))
+            bpf_map__set_map_flags(map, bpf_map__map_flags(map) & ~BPF_F_MMAPABLE);
+    }
+    return obj;
 }
 
 int fth_bpf_set_global(struct bpf_object *obj, const char *name, const void *value, size_t size)
