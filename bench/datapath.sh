@@ -212,7 +212,7 @@ denied() { # packets counted by the datapath as "Policy denied"
 }
 ev0="$(status_n1)"; dr0="$(denied)"
 flood="$(in_ns "${SRC[d-same]}" timeout $((${FLOOD_SECS%.*} + 10)) "$tmp/udpflood" "${DST[d-same]}" "$FLOOD_PORT" "$FLOOD_SECS")"
-# the agent drains the ring buffer every 50 ms, then decodes from a queue: wait until the
+# the agent drains the ring buffer at least every 50 ms (sooner under load), then decodes from a queue: wait until the
 # count stops moving (at most ~5 s)
 ev1="$(status_n1)"
 for _ in $(seq 25); do
@@ -281,7 +281,7 @@ print(f"  packets sent        {sent:>10}  {float(sent_rate):>9.0f} pkt/s")
 print(f"  drops counted       {dropped:>10}  {dropped / secs:>9.0f} /s   (per-CPU counters, reason 'Policy denied')")
 print(f"  events decoded      {ev:>10}  {ev / secs:>9.0f} /s   ({100 * ev / max(dropped, 1):.0f}% of the drops;"
       " the rest were lost:"
-      "\n                            the ring buffer, drained every 50 ms, or the agent's event queue was full)")
+      "\n                            the kernel ring buffer (drained every 50 ms or sooner) or the agent's event queue was full)")
 print("  Forwarded traffic: trace events are per connection (first packet of each direction and new"
       "\n  TCP flags), not per packet, and the reader is not woken per event; their cost is inside the"
       "\n  RR and CRR figures above (CRR makes a new connection, hence new trace events, every time).")

@@ -86,7 +86,7 @@ EOF
   for r in $(seq "$ROUNDS"); do
     metrics "$l" >"$tmp/$l.a"
     flood="$(nsenter --net="$CLI_NS" timeout $((FLOOD_SECS + 10)) "$tmp/udpflood" "$SRV" "$FLOOD_PORT" "$FLOOD_SECS")"
-    sleep 2.5   # the ring is drained every 50 ms; lost events are counted every second
+    sleep 2.5   # the ring is drained at least every 50 ms; lost events are counted every second
     metrics "$l" >"$tmp/$l.b"
     drops=$(( $(sample "$tmp/$l.b" 'fathom_drop_count_total{reason="POLICY_DENIED",direction="INGRESS"}') - $(sample "$tmp/$l.a" 'fathom_drop_count_total{reason="POLICY_DENIED",direction="INGRESS"}') ))
     decoded=$(( $(sample "$tmp/$l.b" 'fathom_flows_processed_total{type="Drop",verdict="DROPPED"}') - $(sample "$tmp/$l.a" 'fathom_flows_processed_total{type="Drop",verdict="DROPPED"}') ))

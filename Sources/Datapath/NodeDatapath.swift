@@ -497,8 +497,9 @@ public final class NodeDatapath: @unchecked Sendable {
     /// starts the reader.
     var eventDrainInterval: Int32 = 50
 
-    /// Decoded trace and drop events, one at a time. The ring buffer is drained every 50 ms
-    /// (or when half full) on a dedicated thread from the first call on; each stream gets
+    /// Decoded trace and drop events, one at a time. The ring buffer is drained on a
+    /// dedicated thread from the first call on: every 50 ms, sooner when events come fast
+    /// (RingBufferReader), at once when the programs find it half full; each stream gets
     /// every event.
     public func events() -> AsyncStream<DatapathEvent> {
         let id = nextSubscriber.wrappingAdd(1, ordering: .relaxed).oldValue
