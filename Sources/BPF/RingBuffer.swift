@@ -115,7 +115,7 @@ public final class RingBufferReader: @unchecked Sendable {
     private final class ThreadContext {
         unowned let reader: RingBufferReader
         let interval: Int32
-        init(reader: RingBufferReader, interval: Int32) { self.reader = reader; self.interval = interval }
+        init(reader: RingBufferReader, interval: Int32) { self.reader = reader; self.interval = max(interval, 1) }
 
         /// Drains, then waits until the next drain is due, on the ring's own descriptor,
         /// edge-triggered (fth_ring_waiter_open): an edge is a producer's wake-up, so a busy
@@ -141,7 +141,10 @@ public final class RingBufferReader: @unchecked Sendable {
                 if epfd >= 0 {
                     _ = fth_ring_waiter_wait(epfd, wait)
                 } else {
-                    var ts = timespec(tv_sec: Int(wait) / 1000, tv_nsec: Int(wait) % 1000 * 1_000_000)
+                    // no descriptor to wait on (epoll setup failed): sleep, at most 100 ms at
+                    // a time, so that `stop` is not kept waiting for a long interval
+                    let slice = min(Int(wait), 100)
+                    var ts = timespec(tv_sec: 0, tv_nsec: slice * 1_000_000)
                     nanosleep(&ts, nil)
                 }
             }

@@ -498,7 +498,8 @@ public final class NodeDatapath: @unchecked Sendable {
     var eventDrainInterval: Int32 = 50
 
     /// Decoded trace and drop events, one at a time. The ring buffer is drained on a
-    /// dedicated thread from the first call on: every 50 ms, sooner when events come fast
+    /// dedicated thread from the first call on: every `eventDrainInterval` (50 ms), sooner
+    /// when events come fast
     /// (RingBufferReader), at once when the programs find it half full; each stream gets
     /// every event.
     public func events() -> AsyncStream<DatapathEvent> {

@@ -3,8 +3,9 @@
  * Trace events for the first packet of each direction of a connection and for
  * TCP flags new to a direction among fth_trace_flags (Cilium's medium monitor
  * aggregation), a drop event for every drop. Events go to one ring buffer without waking the reader
- * (BPF_RB_NO_WAKEUP) until it is half full; the agent drains it on a timer (<= 100 ms)
- * or when woken. Per-CPU
+ * (BPF_RB_NO_WAKEUP), except for a record that crosses into another 4 KiB of a ring more
+ * than half full; the agent drains it on a timer (<= 50 ms, sooner under load) or when
+ * woken. Per-CPU
  * counters by (reason, direction) count every packet: reason 0 = forwarded.
  */
 #pragma once
@@ -55,6 +56,10 @@ struct fth_event {
 };
 
 #define FTH_EVENTS_RING_BYTES (256 * 1024)
+
+/* What one event takes in the ring: the 8-byte record header, rounded up to 8 bytes. */
+#define FTH_EVENT_RECORD_BYTES ((sizeof(struct fth_event) + 8 + 7) & ~7UL)
+_Static_assert(sizeof(struct fth_event) == 64, "fth_event: the agent decodes 64-byte records");
 
 /* Written by the programs; drained by the agent. */
 struct {
@@ -166,12 +171,12 @@ static __always_inline void emit_event(struct __sk_buff *skb, const struct fth_c
 	e->pad = 0;
 	/* The reader is not woken per event: it drains on its timer. But a burst can fill
 	 * the ring before the timer fires (a connection-per-request load writes ~5 MB/s of
-	 * events per node, 256 KiB last ~50 ms): once the ring is more than half full, the
+	 * events per node: 256 KiB last ~50 ms): once the ring is more than half full, the
 	 * reader is woken, by the record that crosses into another 4 KiB of it (a wake-up is
 	 * an interrupt: one per record costs more than the record; two CPUs crossing at the
 	 * same time may both miss, and the next 4 KiB wakes it). */
 	__u64 avail = bpf_ringbuf_query(&fth_events_v1, BPF_RB_AVAIL_DATA);
-	__u64 before = avail - (sizeof(*e) + 8);        /* the ring's 8-byte record header */
+	__u64 before = avail - FTH_EVENT_RECORD_BYTES;
 	int wake = avail > FTH_EVENTS_RING_BYTES / 2 && (avail >> 12) != (before >> 12);
 
 	bpf_ringbuf_submit(e, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
