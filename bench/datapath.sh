@@ -21,7 +21,9 @@
 # bar (RR <= 1.0x, CRR >= 1.0x) and goal (RR <= 0.95x, CRR >= 1.03x). The verdict is on the
 # paired ratio: this machine swings between speeds ~1.5x apart for seconds at a time, and
 # a ratio of two medians mixes samples from different spells (bench/README.md: over the
-# same hour's runs it spread about three times as wide as the paired ratio).
+# same hour's runs it spread about three times as wide as the paired ratio). Beside it, a
+# 90% bootstrap interval of the paired ratio (rounds resampled): when the bar lies inside
+# it, the run cannot tell the datapath from the baseline at the bar.
 #
 # Usage: sudo bench/datapath.sh
 # Environment: ROUNDS (5), SECS per RR/CRR sample (3), IPERF_SECS (2), FLOOD_SECS (3),
@@ -223,7 +225,7 @@ dr1="$(denied)"
 echo "flood $flood ev $ev0 $ev1 denied $dr0 $dr1" >>"$tmp/results"
 
 python3 - "$tmp/results" "$FLOOD_SECS" <<'PY'
-import sys, statistics
+import random, statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 flood_secs = float(sys.argv[2])
 data, flood, byround = {}, None, {}
@@ -258,18 +260,26 @@ for m in ("rr", "crr", "tput"):
                 # the same ratio taken round by round (each pair measured back to back),
                 # then its median: a slow spell of the machine hits both sides of a pair
                 bs, ds = byround[(m, "b-" + kind)], byround[(m, "d-" + kind)]
-                paired = statistics.median(ds[r] / bs[r] for r in ds if r in bs)
+                rs = [ds[r] / bs[r] for r in ds if r in bs]
+                paired = statistics.median(rs)
                 ratio = f"{ratio:>17}{paired:>8.2f}x"
+                # how far the paired ratio could move by chance: the median of the rounds
+                # resampled with replacement, 2,000 times; its 5th and 95th percentiles
+                rng = random.Random(1)
+                boot = sorted(statistics.median(rng.choices(rs, k=len(rs))) for _ in range(2000))
+                spread = (boot[100], boot[1899])
                 if m == "rr":
-                    verdicts.append((f"RR  {kind:<5}", paired, x, paired <= 1.0, paired <= 0.95, "bar <= 1.00x, goal <= 0.95x"))
+                    verdicts.append((f"RR  {kind:<5}", paired, x, spread, 1.0, paired <= 1.0, paired <= 0.95, "bar <= 1.00x, goal <= 0.95x"))
                 elif m == "crr":
-                    verdicts.append((f"CRR {kind:<5}", paired, x, paired >= 1.0, paired >= 1.03, "bar >= 1.00x, goal >= 1.03x"))
+                    verdicts.append((f"CRR {kind:<5}", paired, x, spread, 1.0, paired >= 1.0, paired >= 1.03, "bar >= 1.00x, goal >= 1.03x"))
             print(f"{name[m]:<16}{kind:<7}{label[k]:<21}{f.format(med) + ' ' + unit[m]:>14}  "
                   f"{f.format(min(v)) + '-' + f.format(max(v)):<15}{ratio:>26}{flag}")
 print("\nRR: ratio > 1 is slower than the no-program path; CRR, iperf3: ratio < 1 is slower.")
-print("\nAgainst the issue's bar and goal (paired ratio; ratio of medians in brackets):")
-for what, x, of_medians, bar, goal, rule in verdicts:
-    print(f"  {what} {x:.2f}x ({of_medians:.2f}x)  bar: {'MET' if bar else 'missed'}  goal: {'MET' if goal else 'missed'}   ({rule})")
+print("\nAgainst the issue's bar and goal (paired ratio, its 90% bootstrap interval; ratio of medians):")
+for what, x, of_medians, (lo, hi), bar_at, bar, goal, rule in verdicts:
+    noise = "  (the bar is inside the interval: not decided by this run)" if lo < bar_at < hi else ""
+    print(f"  {what} {x:.3f}x [{lo:.3f}-{hi:.3f}] ({of_medians:.2f}x)  bar: {'MET' if bar else 'missed'}"
+          f"  goal: {'MET' if goal else 'missed'}   ({rule}){noise}")
 if busy:
     print("Some min-max ranges exceed 25% of the median: busy machine; trust ratios less.")
 
