@@ -8,9 +8,10 @@ import Musl
 #endif
 
 /// Reads a BPF ring buffer. Producers submit with BPF_RB_NO_WAKEUP, except when the
-/// ring is filling up (fathom's programs force a wake-up once it is half full): `start`
-/// runs a dedicated thread that drains every `interval`, or as soon as a producer wakes
-/// it, and `drain` empties it synchronously (tests, shutdown). Records go to `handler` in order;
+/// ring is filling up (fathom's programs force a wake-up every 4 KiB past half full):
+/// `start` runs a dedicated thread that drains every `interval` (sooner when records come
+/// fast), or as soon as a producer wakes it, and `drain` empties it synchronously (tests,
+/// shutdown). Records go to `handler` in order;
 /// `afterDrain` runs once after each drain that read any, so that a consumer can hand
 /// on a drain's records as one batch instead of one at a time.
 public final class RingBufferReader: @unchecked Sendable {

@@ -161,54 +161,53 @@ int fth_bpf_mount_bpffs(const char *path)
     return mount("bpf", path, "bpf", 0, NULL) == 0 ? 0 : -errno;
 }
 
-
 int fth_ring_waiter_open(int ring_fd, int fds[3])
 {
-	struct epoll_event ring = { .events = EPOLLIN | EPOLLET };
-	struct epoll_event stop = { .events = EPOLLIN };
-	int p[2], ep, err;
+    struct epoll_event ring = { .events = EPOLLIN | EPOLLET };
+    struct epoll_event stop = { .events = EPOLLIN };
+    int p[2], ep, err;
 
-	if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
-		return -errno;
-	ep = epoll_create1(EPOLL_CLOEXEC);
-	if (ep < 0) {
-		err = -errno;
-		close(p[0]);
-		close(p[1]);
-		return err;
-	}
-	if (epoll_ctl(ep, EPOLL_CTL_ADD, ring_fd, &ring) < 0 ||
-	    epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &stop) < 0) {
-		err = -errno;
-		close(ep);
-		close(p[0]);
-		close(p[1]);
-		return err;
-	}
-	fds[0] = ep;
-	fds[1] = p[0];
-	fds[2] = p[1];
-	return 0;
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
+        return -errno;
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0) {
+        err = -errno;
+        close(p[0]);
+        close(p[1]);
+        return err;
+    }
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, ring_fd, &ring) < 0 ||
+        epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &stop) < 0) {
+        err = -errno;
+        close(ep);
+        close(p[0]);
+        close(p[1]);
+        return err;
+    }
+    fds[0] = ep;
+    fds[1] = p[0];
+    fds[2] = p[1];
+    return 0;
 }
 
 int fth_ring_waiter_wait(int epoll_fd, int timeout_ms)
 {
-	struct epoll_event ready[2];
-	int n = epoll_wait(epoll_fd, ready, 2, timeout_ms);
+    struct epoll_event ready[2];
+    int n = epoll_wait(epoll_fd, ready, 2, timeout_ms);
 
-	return n < 0 ? -errno : n;
+    return n < 0 ? -errno : n;
 }
 
 void fth_ring_waiter_stop(int pipe_write_fd)
 {
-	char byte = 1;
+    char byte = 1;
 
-	(void)!write(pipe_write_fd, &byte, 1);
+    (void)!write(pipe_write_fd, &byte, 1);
 }
 
 void fth_ring_waiter_close(const int fds[3])
 {
-	for (int i = 0; i < 3; i++)
-		if (fds[i] >= 0)
-			close(fds[i]);
+    for (int i = 0; i < 3; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
 }
