@@ -19,8 +19,8 @@ public final class RingBufferReader: @unchecked Sendable {
 
     private final class Box {
         let handler: Handler
-        /// Bytes of ring the records read so far took (header included); only a drain,
-        /// under the drain lock, touches it.
+        /// Bytes of ring the records of the drain in progress took (header included);
+        /// only a drain, under the drain lock, touches it.
         var bytes = 0
         init(_ handler: @escaping Handler) { self.handler = handler }
     }
@@ -64,21 +64,15 @@ public final class RingBufferReader: @unchecked Sendable {
 
     /// Consumes everything available now; returns the number of records.
     @discardableResult
-    public func drain() -> Int {
-        consumeLock.withLock { _ in
-            let n = Int(max(0, ring_buffer__consume(rb)))
-            if n > 0 { afterDrain?() }
-            return n
-        }
-    }
+    public func drain() -> Int { consume().records }
 
-    /// `drain`, returning the bytes of ring the records took.
-    private func drainCountingBytes() -> Int {
+    /// Consumes everything available now: the records, and the bytes of ring they took.
+    private func consume() -> (records: Int, bytes: Int) {
         consumeLock.withLock { _ in
             box.bytes = 0
             let n = Int(max(0, ring_buffer__consume(rb)))
             if n > 0 { afterDrain?() }
-            return box.bytes
+            return (n, box.bytes)
         }
     }
 
@@ -130,15 +124,14 @@ public final class RingBufferReader: @unchecked Sendable {
         func run() {
             let epfd = reader.waiter[0]
             let quarter = max(reader.map.spec.maxEntries / 4, 4096)
-            var wait = interval
             var last = monotonicMilliseconds()
             while reader.running.load(ordering: .acquiring) {
-                let bytes = reader.drainCountingBytes()
+                let bytes = reader.consume().bytes
                 let now = monotonicMilliseconds()
                 let elapsed = max(now - last, 1)
                 last = now
                 // bytes per millisecond over the last wait -> milliseconds for a quarter
-                wait = bytes == 0 ? interval : Int32(clamping: min(Int(interval), max(1, quarter * elapsed / bytes)))
+                let wait = bytes == 0 ? interval : Int32(clamping: min(Int(interval), max(1, quarter * elapsed / bytes)))
                 if epfd >= 0 {
                     _ = fth_ring_waiter_wait(epfd, wait)
                 } else {

@@ -492,16 +492,15 @@ public final class NodeDatapath: @unchecked Sendable {
 
     // MARK: events
 
-    /// How often the ring buffer is drained when nothing wakes the reader (the programs
-    /// wake it once the ring is half full), in milliseconds. Read when the first stream
-    /// starts the reader.
+    /// The longest the ring buffer waits to be drained, in milliseconds (sooner when
+    /// events come fast, or when the programs find it past half full). Read when the
+    /// first stream starts the reader.
     var eventDrainInterval: Int32 = 50
 
     /// Decoded trace and drop events, one at a time. The ring buffer is drained on a
-    /// dedicated thread from the first call on: every `eventDrainInterval` (50 ms), sooner
-    /// when events come fast
-    /// (RingBufferReader), at once when the programs find it half full; each stream gets
-    /// every event.
+    /// dedicated thread from the first call on (RingBufferReader): every
+    /// `eventDrainInterval`, sooner when events come fast, at once when the programs find
+    /// it past half full; each stream gets every event.
     public func events() -> AsyncStream<DatapathEvent> {
         let id = nextSubscriber.wrappingAdd(1, ordering: .relaxed).oldValue
         let (stream, continuation) = AsyncStream<DatapathEvent>.makeStream(bufferingPolicy: .bufferingNewest(65536))
