@@ -24,6 +24,8 @@
 #define AF_INET 2
 #endif
 
+#define FTH_IPV4_MIN_MTU 68
+
 /* The lookup's key as the packet gives it: family, TOS, protocol and ports. */
 static __always_inline void fib_params(struct bpf_fib_lookup *fib, const struct iphdr *ip,
 				       const struct fth_flow *f)
@@ -100,7 +102,11 @@ static __always_inline int fwd_to_node(struct __sk_buff *skb, __u32 node, __u8 t
 	uplink = bpf_map_lookup_elem(&fth_uplink_v1, &zero);
 	if (!uplink || !*uplink)
 		return 0;
-	if (bpf_check_mtu(skb, *uplink, &mtu_len, 0, BPF_MTU_CHK_SEGS) != BPF_MTU_CHK_RET_SUCCESS)
+	/* A datagram of at most 68 bytes fits every IPv4 link (RFC 791; Linux's least
+	 * Ethernet MTU, ETH_MIN_MTU): no device lookup for the SYNs, ACKs and small
+	 * requests of a connection. */
+	if (skb->len > ETH_HLEN + FTH_IPV4_MIN_MTU &&
+	    bpf_check_mtu(skb, *uplink, &mtu_len, 0, BPF_MTU_CHK_SEGS) != BPF_MTU_CHK_RET_SUCCESS)
 		return 0;
 	ret = ipv4_dec_ttl(skb);
 	if (ret)
