@@ -23,6 +23,16 @@ import Services
         })
     }
 
+    /// Every cluster IP is in the service CIDR (ServiceManifest refuses others, from a file
+    /// or from Kubernetes), and from-container never takes a pod's address for a frontend
+    /// (bpf/lib/lb.h; the datapath refuses to write one): the two CIDRs must stay apart.
+    @Test func clusterIPsCannotFallOnPodAddresses() {
+        let config = AgentConfig(nodeName: "node1", nodeAddress: IPv4Address("192.168.101.101")!, preferredCIDRIndex: 1,
+                                 stateDirectory: "/tmp/unused", socketPath: "/tmp/unused.sock", etcdEndpoint: "")
+        let services = ServiceManifest.serviceCIDR, pods = config.clusterCIDR
+        #expect(!services.contains(pods.address) && !pods.contains(services.address), "\(services) and \(pods) overlap")
+    }
+
     @Test func aFileOfServicesAndSlicesIsOneRequest() async throws {
         let store = MemoryStore()
         let agent = try makeAgent("node1", index: 1, store: store)
