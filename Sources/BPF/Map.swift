@@ -176,4 +176,91 @@ public final class Map: @unchecked Sendable {
     public func entries<K: BitwiseCopyable, V: BitwiseCopyable>(_: K.Type = K.self, _: V.Type = V.self) throws -> [(K, V)] {
         try keys(as: K.self).compactMap { k in try lookup(k, as: V.self).map { (k, $0) } }
     }
+
+    /// All entries, read `chunk` at a time (BPF_MAP_LOOKUP_BATCH): see `forEachBatch`.
+    public func entriesInBatches<K: BitwiseCopyable, V: BitwiseCopyable>(_: K.Type = K.self, _: V.Type = V.self,
+                                                                         chunk: Int = 4096) throws -> [(K, V)] {
+        var out: [(K, V)] = []
+        try forEachBatch(K.self, V.self, chunk: chunk) { out.append(contentsOf: $0) }
+        return out
+    }
+
+    /// Reads the map `chunk` entries per system call (BPF_MAP_LOOKUP_BATCH) and hands each
+    /// chunk to `body` before reading the next: a conntrack table of 65,536 entries is 16
+    /// calls where `entries` makes two per entry. `body` may delete what it was given. A
+    /// hash map changing meanwhile is read bucket by bucket: an entry is seen at most once,
+    /// one added or removed during the read may be missed. Where the kernel or the map
+    /// type has no batch lookup, or the Swift layouts are not the packed ones the kernel
+    /// writes, `entries` in one chunk.
+    public func forEachBatch<K: BitwiseCopyable, V: BitwiseCopyable>(_: K.Type = K.self, _: V.Type = V.self, chunk: Int = 4096,
+                                                                     _ body: ([(K, V)]) throws -> Void) throws {
+        try checkSizes(K.self, V.self, "lookup")
+        guard MemoryLayout<K>.stride == spec.keySize, MemoryLayout<V>.stride == spec.valueSize, chunk > 0 else {
+            return try body(entries(K.self, V.self))
+        }
+        var chunk = chunk
+        // Where the next call starts: a bucket index for hash maps, a key for arrays.
+        let token = UnsafeMutableRawBufferPointer.allocate(byteCount: max(spec.keySize, 8), alignment: 8)
+        let next = UnsafeMutableRawBufferPointer.allocate(byteCount: max(spec.keySize, 8), alignment: 8)
+        defer { token.deallocate(); next.deallocate() }
+        var first = true
+        while true {
+            var count = UInt32(chunk)
+            var opts = bpf_map_batch_opts()
+            opts.sz = MemoryLayout<bpf_map_batch_opts>.size
+            let keys = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk * spec.keySize, alignment: 8)
+            let values = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk * spec.valueSize, alignment: 8)
+            defer { keys.deallocate(); values.deallocate() }
+            let rc = bpf_map_lookup_batch(fd, first ? nil : token.baseAddress, next.baseAddress,
+                                          keys.baseAddress, values.baseAddress, &count, &opts)
+            let e = rc < 0 ? fth_bpf_errno() : 0
+            if rc < 0 && e != ENOENT {
+                if e == ENOSPC && chunk < spec.maxEntries {     // one bucket holds more than a chunk
+                    chunk *= 2
+                    continue
+                }
+                // EINVAL/ENOTSUPP (524)/EOPNOTSUPP before anything was read: no batch lookup here
+                if first && (e == EINVAL || e == 524 || e == EOPNOTSUPP) { return try body(entries(K.self, V.self)) }
+                throw BPFError("lookup \(name) in batches", errno: e)
+            }
+            try body((0..<Int(count)).map { i in
+                (keys.loadUnaligned(fromByteOffset: i * spec.keySize, as: K.self),
+                 values.loadUnaligned(fromByteOffset: i * spec.valueSize, as: V.self))
+            })
+            if e == ENOENT { return }     // the end of the map
+            token.copyMemory(from: UnsafeRawBufferPointer(next))
+            first = false
+        }
+    }
+
+    /// Deletes the keys in as few system calls as the kernel allows (BPF_MAP_DELETE_BATCH;
+    /// one by one where it has none); a key that is not there is skipped. Returns how many
+    /// were deleted.
+    @discardableResult
+    public func delete<K: BitwiseCopyable>(batch keys: [K]) throws -> Int {
+        try checkKey(K.self, "delete")
+        var deleted = 0
+        var rest = keys[...]
+        if MemoryLayout<K>.stride == spec.keySize {
+            while !rest.isEmpty {
+                var opts = bpf_map_batch_opts()
+                opts.sz = MemoryLayout<bpf_map_batch_opts>.size
+                var count = UInt32(rest.count)
+                let rc = rest.withUnsafeBytes { bpf_map_delete_batch(fd, $0.baseAddress, &count, &opts) }
+                deleted += Int(count)
+                rest = rest.dropFirst(Int(count))
+                if rc == 0 { return deleted }
+                let e = fth_bpf_errno()
+                if e == ENOENT && !rest.isEmpty {       // gone meanwhile: skipped
+                    rest = rest.dropFirst()
+                    continue
+                }
+                if deleted == 0 && (e == EINVAL || e == 524 || e == EOPNOTSUPP) { break }
+                throw BPFError("delete \(keys.count) entries from \(name)", errno: e)
+            }
+            if rest.isEmpty { return deleted }
+        }
+        for k in rest where try delete(k) { deleted += 1 }
+        return deleted
+    }
 }

@@ -441,7 +441,7 @@ public final class NodeDatapath: @unchecked Sendable {
     // MARK: conntrack
 
     public func dumpConntrack() throws -> [ConntrackEntry] {
-        try conntrack.entries(CTKeyRaw.self, CTEntryRaw.self).map { key, v in
+        try conntrack.entriesInBatches(CTKeyRaw.self, CTEntryRaw.self).map { key, v in
             // keys have their lower end first: shown from the initiator's side
             let k = v.flags & CTEntryRaw.swapped != 0 ? key.reversed : key
             return ConntrackEntry(source: IPv4Address(wire: k.saddr), destination: IPv4Address(wire: k.daddr),
@@ -463,11 +463,14 @@ public final class NodeDatapath: @unchecked Sendable {
     }
 
     /// Deletes entries that expired before `now` (monotonic seconds); returns how many.
+    /// The table is read a chunk at a time and each chunk's expired entries deleted at
+    /// once (a few dozen system calls for 65,536 entries, where a lookup and a delete each
+    /// took two per entry), so that an entry a packet refreshes between the read and the
+    /// delete (a connection opened again on its tuple) is rarely there to be lost.
     public func collectExpiredConntrack(now: UInt64 = NodeDatapath.monotonicSeconds()) throws -> Int {
         var removed = 0
-        for key in try conntrack.keys(as: CTKeyRaw.self) {
-            guard let v = try conntrack.lookup(key, as: CTEntryRaw.self), v.expires < now else { continue }
-            if try conntrack.delete(key) { removed += 1 }
+        try conntrack.forEachBatch(CTKeyRaw.self, CTEntryRaw.self, chunk: 1024) { chunk in
+            removed += try conntrack.delete(batch: chunk.filter { $0.1.expires < now }.map(\.0))
         }
         return removed
     }
