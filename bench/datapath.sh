@@ -24,10 +24,15 @@
 # same hour's runs it spread about three times as wide as the paired ratio). Beside it, a
 # 90% bootstrap interval of the paired ratio (rounds resampled): when the bar lies inside
 # it, the run cannot tell the datapath from the baseline at the bar.
+# A/A control: a second lab without programs (CTRL_LAB) joins the cross-node CRR samples
+#   (the three labs in rotating order). Its paired ratio against the first baseline shows
+#   how far two identical labs differ in this run (bench/README.md: ~±3 % in one run of 24
+#   rounds), and the subject is also given against it and against both baselines. The
+#   verdict stays on the subject against the first baseline.
 #
 # Usage: sudo bench/datapath.sh
 # Environment: ROUNDS (5), SECS per RR/CRR sample (3), IPERF_SECS (2), FLOOD_SECS (3),
-#              ENTRIES (1000), BASE_LAB (bdbase), DP_LAB (bddp)
+#              ENTRIES (1000), BASE_LAB (bdbase), DP_LAB (bddp), CTRL_LAB (BASE_LAB + "c")
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
@@ -37,10 +42,11 @@ FLOOD_SECS=${FLOOD_SECS:-3}
 ENTRIES=${ENTRIES:-1000}
 BASE_LAB=${BASE_LAB:-bdbase}
 DP_LAB=${DP_LAB:-bddp}
+CTRL_LAB=${CTRL_LAB:-${BASE_LAB}c}
 PORT=5001
 IPERF_PORT=5201
 FLOOD_PORT=9999          # UDP; no entry allows it
-LABS=("$BASE_LAB" "$DP_LAB")
+LABS=("$BASE_LAB" "$DP_LAB" "$CTRL_LAB")
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
@@ -90,7 +96,7 @@ setup_start=$SECONDS
 # ---- both labs, the same pods ------------------------------------------------------
 for l in "${LABS[@]}"; do
   STARTED+=("$l")
-  if [ "$l" = "$BASE_LAB" ]; then
+  if [ "$l" = "$BASE_LAB" ] || [ "$l" = "$CTRL_LAB" ]; then
     "$FATHOM" lab up --lab "$l" --nodes 2 --no-datapath >/dev/null
   else
     "$FATHOM" lab up --lab "$l" --nodes 2 >/dev/null
@@ -140,10 +146,11 @@ N_ENTRIES="$(policy_entries)"
 [ "$N_ENTRIES" -ge "$ENTRIES" ] || { echo "policy map of endpoint $EP_ID has $N_ENTRIES entries, want >= $ENTRIES" >&2; exit 1; }
 
 # ---- paths ----------------------------------------------------------------------------
-# b- = baseline lab, d- = datapath lab; -same = cli -> srv (node1), -cross = cli2 -> srv
+# b- = baseline lab, d- = datapath lab, a- = the A/A control (a second baseline lab);
+# -same = cli -> srv (node1), -cross = cli2 -> srv
 declare -A SRC DST
-for k in b d; do
-  l="$BASE_LAB"; [ "$k" = d ] && l="$DP_LAB"
+for k in b d a; do
+  l="$BASE_LAB"; [ "$k" = d ] && l="$DP_LAB"; [ "$k" = a ] && l="$CTRL_LAB"
   SRC[$k-same]="$(pod "$l" cli netns)";  DST[$k-same]="$(pod "$l" srv ip)"
   SRC[$k-cross]="$(pod "$l" cli2 netns)"; DST[$k-cross]="$(pod "$l" srv ip)"
   srvns="$(pod "$l" srv netns)"
@@ -153,7 +160,7 @@ for k in b d; do
   nsenter --net="/run/netns/$srvns" iperf3 -s -p "$IPERF_PORT" >/dev/null 2>&1 &
   PIDS+=($!)
 done
-PATHS=(b-same d-same b-cross d-cross)
+PATHS=(b-same d-same b-cross d-cross a-cross)
 # wait until every server answers on every path (also proves the policy allows cli)
 for p in "${PATHS[@]}"; do
   ok=0
@@ -183,7 +190,7 @@ measure() { # metric path -> value
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  kernel: $(uname -r)  cpus: $(nproc)  rounds: $ROUNDS" \
      " RR/CRR ${SECS}s, iperf3 ${IPERF_SECS}s per sample  load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "binaries: fathom-agent built $(date -u -r "$BIN/fathom-agent" '+%Y-%m-%d %H:%M:%S UTC')"
-echo "baseline: lab $BASE_LAB --no-datapath (kernel forwarding, no programs)"
+echo "baseline: lab $BASE_LAB --no-datapath (kernel forwarding, no programs); A/A control: lab $CTRL_LAB, the same"
 echo "subject:  lab $DP_LAB (eBPF datapath), endpoint $EP_ID (srv) ingress-enforced," \
      "$N_ENTRIES policy entries; cli identity $CLI_ID"
 echo "paths: same  cli  -> srv ${DST[d-same]} (node1)   cross  cli2 -> srv (node2 -> node1)"
@@ -193,7 +200,9 @@ start=$SECONDS
 for r in $(seq "$ROUNDS"); do
   for m in rr crr tput; do
     for kind in same cross; do
-      if (( r % 2 )); then order=(b d); else order=(d b); fi
+      if [ "$m" = crr ] && [ "$kind" = cross ]; then
+        three=(b d a); k0=$((r % 3)); order=("${three[@]:k0}" "${three[@]:0:k0}")
+      elif (( r % 2 )); then order=(b d); else order=(d b); fi
       for k in "${order[@]}"; do
         p="$k-$kind"
         v="$(measure "$m" "$p")"
@@ -282,6 +291,26 @@ for what, x, of_medians, (lo, hi), bar_at, bar, goal, rule in verdicts:
           f"  goal: {'MET' if goal else 'missed'}   ({rule}){noise}")
 if busy:
     print("Some min-max ranges exceed 25% of the median: busy machine; trust ratios less.")
+
+def paired(num, den):
+    a, b = byround[("crr", num)], byround[("crr", den)]
+    rs = [a[r] / b[r] for r in a if r in b]
+    rng = random.Random(1)
+    boot = sorted(statistics.median(rng.choices(rs, k=len(rs))) for _ in range(2000))
+    return statistics.median(rs), boot[100], boot[1899]
+if ("crr", "a-cross") in byround:
+    aa = paired("a-cross", "b-cross")
+    da = paired("d-cross", "a-cross")
+    both = {r: byround[("crr", "d-cross")][r] / (byround[("crr", "a-cross")][r] * byround[("crr", "b-cross")][r]) ** 0.5
+            for r in byround[("crr", "d-cross")] if r in byround[("crr", "a-cross")] and r in byround[("crr", "b-cross")]}
+    byround[("crr", "both")] = both
+    byround[("crr", "one")] = {r: 1.0 for r in both}
+    db = paired("both", "one")
+    print("\nA/A control, CRR cross (paired ratio [90% interval]):")
+    print(f"  second lab without programs / first   {aa[0]:.3f}x [{aa[1]:.3f}-{aa[2]:.3f}]"
+          "   (identical labs: how far a lab pair alone moves a ratio in this run)")
+    print(f"  subject / second lab without programs {da[0]:.3f}x [{da[1]:.3f}-{da[2]:.3f}]")
+    print(f"  subject / both (geometric mean)       {db[0]:.3f}x [{db[1]:.3f}-{db[2]:.3f}]")
 
 _, sent, _pk, sent_rate, _u, _ev, ev0, ev1, _dn, dr0, dr1 = flood
 sent, ev, dropped = int(sent), int(ev1) - int(ev0), int(dr1) - int(dr0)

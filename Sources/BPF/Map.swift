@@ -247,15 +247,18 @@ public final class Map: @unchecked Sendable {
                 opts.sz = MemoryLayout<bpf_map_batch_opts>.size
                 var count = UInt32(rest.count)
                 let rc = rest.withUnsafeBytes { bpf_map_delete_batch(fd, $0.baseAddress, &count, &opts) }
-                deleted += Int(count)
-                rest = rest.dropFirst(Int(count))
-                if rc == 0 { return deleted }
+                if rc == 0 { return deleted + rest.count }
                 let e = fth_bpf_errno()
-                if e == ENOENT && !rest.isEmpty {       // gone meanwhile: skipped
-                    rest = rest.dropFirst()
+                // A missing key stops the kernel there, `count` saying how many it deleted
+                // before it: that key is skipped and the rest go on. After another error
+                // `count` may be what was passed in (the kernel failed before writing it).
+                if e == ENOENT && Int(count) < rest.count {
+                    deleted += Int(count)
+                    rest = rest.dropFirst(Int(count) + 1)
                     continue
                 }
-                if deleted == 0 && (e == EINVAL || e == 524 || e == EOPNOTSUPP) { break }
+                // EINVAL/ENOTSUPP (524)/EOPNOTSUPP at the first call: no batch delete here
+                if deleted == 0 && rest.count == keys.count && (e == EINVAL || e == 524 || e == EOPNOTSUPP) { break }
                 throw BPFError("delete \(keys.count) entries from \(name)", errno: e)
             }
             if rest.isEmpty { return deleted }

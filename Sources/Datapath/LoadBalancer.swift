@@ -207,12 +207,6 @@ extension NodeDatapath {
     /// kernel's maybe_wait_bpf_programs, 10-20 ms on a busy VM): one service at a time,
     /// 10,000 services waited ~3 minutes on every node; in batches the wait is once a batch.
     public func upsertLBServices(_ services: [(entry: LBServiceEntry, table: [UInt32])]) throws {
-        // from-container looks no frontend up for a pod's address (bpf/lib/lb.h): one
-        // there would never be reached, so it is refused before anything is written.
-        if let s = services.first(where: { $0.entry.address.map(config.clusterCIDR.contains) ?? false }) {
-            throw BPFError("service frontend \(s.entry.address!):\(s.entry.port): inside the cluster's pod CIDR \(config.clusterCIDR); a frontend must be outside it (the service CIDR)",
-                           errno: EINVAL)
-        }
         let m = config.maglevTableSize
         for start in stride(from: 0, to: services.count, by: Self.lbBatchSize) {
             let part = services[start..<min(start + Self.lbBatchSize, services.count)]

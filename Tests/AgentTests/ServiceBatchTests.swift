@@ -24,8 +24,8 @@ import Services
     }
 
     /// Every cluster IP is in the service CIDR (ServiceManifest refuses others, from a file
-    /// or from Kubernetes), and from-container never takes a pod's address for a frontend
-    /// (bpf/lib/lb.h; the datapath refuses to write one): the two CIDRs must stay apart.
+    /// or from Kubernetes), and the programs never look a pod's address up as a frontend
+    /// (lb4_lookup, bpf/lib/lb.h): the two CIDRs must stay apart.
     @Test func clusterIPsCannotFallOnPodAddresses() {
         let config = AgentConfig(nodeName: "node1", nodeAddress: IPv4Address("192.168.101.101")!, preferredCIDRIndex: 1,
                                  stateDirectory: "/tmp/unused", socketPath: "/tmp/unused.sock", etcdEndpoint: "")

@@ -237,30 +237,6 @@ struct ServiceFixtureTests {
                 "service 600 has no backends: dropped (158)")
     }
 
-    /// from-container looks no frontend up for a pod's address, so a frontend there would
-    /// never translate: the batch holding one is refused before anything is written, with
-    /// the address and the CIDR in the error.
-    @Test func aFrontendOnAPodAddressIsRefusedAndNothingWritten() throws {
-        let f = try Fixture()
-        try f.dp.upsertLBBackend(LBBackendEntry(id: 1, ip: b.ip, port: 8080, proto: IPProtocol.tcp))
-        let entry = { (vip: IPv4Address, id: UInt16) in
-            LBServiceEntry(address: vip, port: 80, proto: IPProtocol.tcp, id: id, backendCount: 1,
-                           affinityTimeout: nil, localOnly: false, reverseAddress: vip, reversePort: 80)
-        }
-        let onPod = Fixture.remotePod
-        #expect(Fixture.config.cluster.contains(onPod))
-        let error = try #require(throws: BPFError.self) {
-            try f.dp.upsertLBServices([(entry(Self.vip, 1), Self.table([1])), (entry(onPod, 2), Self.table([1]))])
-        }
-        #expect(error.description.contains("\(onPod):80") && error.description.contains("\(Fixture.config.cluster)"),
-                "\(error)")
-        #expect(try f.dp.dumpLBServices().isEmpty, "the valid frontend before it is not written either")
-        #expect(try f.dp.maglevTable(serviceID: 1).isEmpty)
-        // The packet to that pod address goes where the pod is, untranslated.
-        let r = try f.fromContainer(a, Self.tcp(a.ip, onPod, 40000, 80))
-        #expect(Self.dst(r.packet) == onPod)
-    }
-
     // MARK: node ports
 
     func nodePort(_ f: Fixture, backends: [UInt32], local: Bool = false) throws {

@@ -256,11 +256,6 @@ static __always_inline int lb4_from_pod(struct __sk_buff *skb, struct fth_ctx *c
 	__u8 trace, reason = 0;
 	int ret;
 
-	/* A pod's address is never a frontend (cluster IPs are in the service CIDR, which
-	 * the agent keeps apart from the cluster CIDR; node ports are on the node's
-	 * address): a packet to another pod, most of what pods send, looks nothing up. */
-	if (in_cluster_cidr(c->flow.daddr))
-		return 0;
 	svc = lb4_lookup(c->flow.daddr, c->flow.dport, c->flow.proto);
 	if (!svc && c->flow.daddr == fth_node_ip)
 		svc = lb4_lookup(0, c->flow.dport, c->flow.proto);
