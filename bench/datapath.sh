@@ -26,8 +26,8 @@
 # it, the run cannot tell the datapath from the baseline at the bar.
 # A/A control: a second lab without programs (CTRL_LAB) joins the cross-node CRR samples
 #   (the three labs in rotating order). Its paired ratio against the first baseline shows
-#   how far two identical labs differ in this run (bench/README.md: ~±3 % in one run of 24
-#   rounds), and the subject is also given against it and against both baselines. The
+#   how far two identical labs differ in this run (bench/README.md: from -4 % to +7 % over
+#   12 runs of 24 rounds), and the subject is also given against it and against both baselines. The
 #   verdict stays on the subject against the first baseline.
 #
 # Usage: sudo bench/datapath.sh
@@ -93,7 +93,7 @@ gcc -O2 -Wall -o "$tmp/udpflood" "$here/udpflood.c"
 RR="$tmp/rr"
 
 setup_start=$SECONDS
-# ---- both labs, the same pods ------------------------------------------------------
+# ---- the labs, the same pods -------------------------------------------------------
 for l in "${LABS[@]}"; do
   STARTED+=("$l")
   if [ "$l" = "$BASE_LAB" ] || [ "$l" = "$CTRL_LAB" ]; then
@@ -292,20 +292,16 @@ for what, x, of_medians, (lo, hi), bar_at, bar, goal, rule in verdicts:
 if busy:
     print("Some min-max ranges exceed 25% of the median: busy machine; trust ratios less.")
 
-def paired(num, den):
-    a, b = byround[("crr", num)], byround[("crr", den)]
-    rs = [a[r] / b[r] for r in a if r in b]
+def median_and_interval(rs):
     rng = random.Random(1)
     boot = sorted(statistics.median(rng.choices(rs, k=len(rs))) for _ in range(2000))
     return statistics.median(rs), boot[100], boot[1899]
 if ("crr", "a-cross") in byround:
-    aa = paired("a-cross", "b-cross")
-    da = paired("d-cross", "a-cross")
-    both = {r: byround[("crr", "d-cross")][r] / (byround[("crr", "a-cross")][r] * byround[("crr", "b-cross")][r]) ** 0.5
-            for r in byround[("crr", "d-cross")] if r in byround[("crr", "a-cross")] and r in byround[("crr", "b-cross")]}
-    byround[("crr", "both")] = both
-    byround[("crr", "one")] = {r: 1.0 for r in both}
-    db = paired("both", "one")
+    b, d, a = (byround[("crr", k + "-cross")] for k in "bda")
+    rounds = [r for r in d if r in a and r in b]
+    aa = median_and_interval([a[r] / b[r] for r in rounds])
+    da = median_and_interval([d[r] / a[r] for r in rounds])
+    db = median_and_interval([d[r] / (a[r] * b[r]) ** 0.5 for r in rounds])
     print("\nA/A control, CRR cross (paired ratio [90% interval]):")
     print(f"  second lab without programs / first   {aa[0]:.3f}x [{aa[1]:.3f}-{aa[2]:.3f}]"
           "   (identical labs: how far a lab pair alone moves a ratio in this run)")
