@@ -20,7 +20,7 @@ extension NodeDatapath {
 
     /// Deletes idle NAT pairs; returns how many entries went.
     public func collectIdleNAT(now: UInt64 = NodeDatapath.monotonicSeconds(), idle: NATIdleTimes = NATIdleTimes()) throws -> Int {
-        let entries = try lb.nat.entries(NATKeyRaw.self, NATEntryRaw.self)
+        let entries = try lb.nat.entriesInBatches(NATKeyRaw.self, NATEntryRaw.self)
         var byKey: [NATPairKey: NATEntryRaw] = [:]
         for (k, v) in entries { byKey[NATPairKey(k)] = v }
         func idleFor(_ v: NATEntryRaw) -> UInt64 {
