@@ -203,20 +203,25 @@ public final class Map: @unchecked Sendable {
         let token = UnsafeMutableRawBufferPointer.allocate(byteCount: max(spec.keySize, 8), alignment: 8)
         let next = UnsafeMutableRawBufferPointer.allocate(byteCount: max(spec.keySize, 8), alignment: 8)
         defer { token.deallocate(); next.deallocate() }
+        // One pair of buffers for the whole read, replaced only when a chunk must grow.
+        var keys = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk * spec.keySize, alignment: 8)
+        var values = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk * spec.valueSize, alignment: 8)
+        defer { keys.deallocate(); values.deallocate() }
         var first = true
         while true {
             var count = UInt32(chunk)
             var opts = bpf_map_batch_opts()
             opts.sz = MemoryLayout<bpf_map_batch_opts>.size
-            let keys = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk * spec.keySize, alignment: 8)
-            let values = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk * spec.valueSize, alignment: 8)
-            defer { keys.deallocate(); values.deallocate() }
             let rc = bpf_map_lookup_batch(fd, first ? nil : token.baseAddress, next.baseAddress,
                                           keys.baseAddress, values.baseAddress, &count, &opts)
             let e = rc < 0 ? fth_bpf_errno() : 0
             if rc < 0 && e != ENOENT {
                 if e == ENOSPC && chunk < spec.maxEntries {     // one bucket holds more than a chunk
                     chunk *= 2
+                    keys.deallocate()
+                    values.deallocate()
+                    keys = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk * spec.keySize, alignment: 8)
+                    values = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk * spec.valueSize, alignment: 8)
                     continue
                 }
                 // EINVAL/ENOTSUPP (524)/EOPNOTSUPP before anything was read: no batch lookup here

@@ -2,11 +2,11 @@
  *
  * Trace events for the first packet of each direction of a connection and for
  * TCP flags new to a direction among fth_trace_flags (Cilium's medium monitor
- * aggregation), a drop event for every drop. Events go to one ring buffer without waking the reader
- * (BPF_RB_NO_WAKEUP), except for a record that crosses into another 4 KiB of a ring more
- * than half full; the agent drains it on a timer (<= 50 ms, sooner under load) or when
- * woken. Per-CPU
- * counters by (reason, direction) count every packet: reason 0 = forwarded.
+ * aggregation), a drop event for every drop. Events go to one ring buffer without
+ * waking the reader (BPF_RB_NO_WAKEUP), except for a record that crosses into another
+ * 4 KiB of a ring more than half full; the agent drains it on a timer (<= 50 ms, sooner
+ * under load) or when woken. Per-CPU counters by (reason, direction) count every
+ * packet: reason 0 = forwarded.
  */
 #pragma once
 #include "common.h"
