@@ -2,21 +2,28 @@
 # Cost of fathom's eBPF datapath, with 1,000 policy entries on the server's endpoint,
 # against the same lab path with kernel forwarding and no programs.
 #
-# Baseline: lab bdbase, `fathom lab up --no-datapath` (agents load no programs: plain
-#   kernel routing between the same namespaces, the same topology).
 # Subject:  lab bddp, `fathom lab up` (eBPF datapath), and an ingress policy of 1,000
 #   entries on srv's endpoint pushed through node1's agent API (the entry allowing cli's
 #   identity on the test ports, plus 998 single-port entries for other identities).
+# Baseline: the same lab with its tc programs detached from every interface of both nodes
+#   (tcx_toggle.c; the links are made again before the subject's next sample): the same
+#   namespaces, devices, routes and sockets, forwarded by the kernel. The agents keep
+#   running; nothing else changes.
+# Second baseline: lab bdbase, `fathom lab up --no-datapath` (agents load no programs),
+#   another set of namespaces of the same topology. Two labs are not equal: two such labs
+#   measured against each other differed by -4 % to +7 % per run (bench/README.md), which
+#   is why the verdict is on the first baseline. The detached lab against this one is
+#   that comparison again (an A/A control) in every run.
 # In each lab: default/srv (app=srv) and default/cli (app=cli) on node1, default/cli2
 #   (app=cli) on node2; same-node cli -> srv, cross-node cli2 -> srv.
-# Metrics, alternating baseline/subject in every round (order reversed every other round):
+# Metrics, subject and both baselines in rotating order in every round:
 #   RR   1-byte TCP ping-pong, client and server pinned to CPU 0 (mean us/transaction)
 #   CRR  connect, 1-byte request/response, close, both pinned to CPU 0 (conn/s)
 #   TPUT iperf3 single stream (Gbit/s; secondary: segmentation offload hides per-packet cost)
 # Then, on the subject only: events decoded per second by node1's agent while cli floods a
 #   UDP port srv's policy denies (every datagram is a drop, every drop an event).
 # Prints medians, min-max, the ratio subject/baseline of the medians, the median of the
-# per-round ratios ("paired": each round's two samples are taken back to back, so a slow
+# per-round ratios ("paired": each round's samples are taken back to back, so a slow
 # spell of the shared machine hits both), and whether the paired ratio meets the issue's
 # bar (RR <= 1.0x, CRR >= 1.0x) and goal (RR <= 0.95x, CRR >= 1.03x). The verdict is on the
 # paired ratio: this machine swings between speeds ~1.5x apart for seconds at a time, and
@@ -24,15 +31,10 @@
 # same hour's runs it spread about three times as wide as the paired ratio). Beside it, a
 # 90% bootstrap interval of the paired ratio (rounds resampled): when the bar lies inside
 # it, the run cannot tell the datapath from the baseline at the bar.
-# A/A control: a second lab without programs (CTRL_LAB) joins the cross-node CRR samples
-#   (the three labs in rotating order). Its paired ratio against the first baseline shows
-#   how far two identical labs differ in this run (bench/README.md: from -4 % to +7 % over
-#   12 runs of 24 rounds), and the subject is also given against it and against both baselines. The
-#   verdict stays on the subject against the first baseline.
 #
 # Usage: sudo bench/datapath.sh
 # Environment: ROUNDS (5), SECS per RR/CRR sample (3), IPERF_SECS (2), FLOOD_SECS (3),
-#              ENTRIES (1000), BASE_LAB (bdbase), DP_LAB (bddp), CTRL_LAB (BASE_LAB + "c")
+#              ENTRIES (1000), BASE_LAB (bdbase), DP_LAB (bddp)
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
@@ -42,11 +44,10 @@ FLOOD_SECS=${FLOOD_SECS:-3}
 ENTRIES=${ENTRIES:-1000}
 BASE_LAB=${BASE_LAB:-bdbase}
 DP_LAB=${DP_LAB:-bddp}
-CTRL_LAB=${CTRL_LAB:-${BASE_LAB}c}
 PORT=5001
 IPERF_PORT=5201
 FLOOD_PORT=9999          # UDP; no entry allows it
-LABS=("$BASE_LAB" "$DP_LAB" "$CTRL_LAB")
+LABS=("$BASE_LAB" "$DP_LAB")
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
@@ -74,10 +75,13 @@ for l in "${LABS[@]}"; do
 done
 
 tmp="$(mktemp -d /tmp/bd-datapath.XXXXXX)"
+SAVED="/sys/fs/bpf/fathom-bench-$DP_LAB"   # the detached programs (bpffs)
 PIDS=()
 STARTED=()
 cleanup() {
   set +e
+  [ -d "$SAVED" ] && programs on
+  rm -rf "$SAVED"
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
   for l in "${STARTED[@]}"; do "$FATHOM" lab down --lab "$l" >/dev/null 2>&1; done
@@ -90,13 +94,27 @@ in_ns() { local ns="$1"; shift; nsenter --net="/run/netns/$ns" "$@"; }
 
 gcc -O2 -Wall -o "$tmp/rr" "$here/rr.c"
 gcc -O2 -Wall -o "$tmp/udpflood" "$here/udpflood.c"
+gcc -O2 -Wall -o "$tmp/tcx_toggle" "$here/tcx_toggle.c" -lbpf
+
+# The subject's tc programs on or off both nodes' interfaces (tcx_toggle.c).
+PROGRAMS=on
+programs() { # on|off
+  [ "$1" = "$PROGRAMS" ] && return 0
+  local op=attach n; [ "$1" = off ] && op=detach
+  for n in node1 node2; do
+    mkdir -p "$SAVED/$n" "$tmp/links-$n"
+    in_ns "$DP_LAB-$n" "$tmp/tcx_toggle" "$op" "/sys/fs/bpf/fathom/$DP_LAB/$n/links" "$SAVED/$n" "$tmp/links-$n" \
+      >/dev/null || { echo "could not $op the programs of $DP_LAB $n" >&2; return 1; }
+  done
+  PROGRAMS=$1
+}
 RR="$tmp/rr"
 
 setup_start=$SECONDS
 # ---- the labs, the same pods -------------------------------------------------------
 for l in "${LABS[@]}"; do
   STARTED+=("$l")
-  if [ "$l" = "$BASE_LAB" ] || [ "$l" = "$CTRL_LAB" ]; then
+  if [ "$l" = "$BASE_LAB" ]; then
     "$FATHOM" lab up --lab "$l" --nodes 2 --no-datapath >/dev/null
   else
     "$FATHOM" lab up --lab "$l" --nodes 2 >/dev/null
@@ -146,11 +164,11 @@ N_ENTRIES="$(policy_entries)"
 [ "$N_ENTRIES" -ge "$ENTRIES" ] || { echo "policy map of endpoint $EP_ID has $N_ENTRIES entries, want >= $ENTRIES" >&2; exit 1; }
 
 # ---- paths ----------------------------------------------------------------------------
-# b- = baseline lab, d- = datapath lab, a- = the A/A control (a second baseline lab);
+# b- = the no-datapath lab, d- = datapath lab (o- = the same, programs off);
 # -same = cli -> srv (node1), -cross = cli2 -> srv
 declare -A SRC DST
-for k in b d a; do
-  l="$BASE_LAB"; [ "$k" = d ] && l="$DP_LAB"; [ "$k" = a ] && l="$CTRL_LAB"
+for k in b d; do
+  l="$BASE_LAB"; [ "$k" = d ] && l="$DP_LAB"
   SRC[$k-same]="$(pod "$l" cli netns)";  DST[$k-same]="$(pod "$l" srv ip)"
   SRC[$k-cross]="$(pod "$l" cli2 netns)"; DST[$k-cross]="$(pod "$l" srv ip)"
   srvns="$(pod "$l" srv netns)"
@@ -160,7 +178,8 @@ for k in b d a; do
   nsenter --net="/run/netns/$srvns" iperf3 -s -p "$IPERF_PORT" >/dev/null 2>&1 &
   PIDS+=($!)
 done
-PATHS=(b-same d-same b-cross d-cross a-cross)
+for kind in same cross; do SRC[o-$kind]="${SRC[d-$kind]}"; DST[o-$kind]="${DST[d-$kind]}"; done
+PATHS=(b-same d-same b-cross d-cross)
 # wait until every server answers on every path (also proves the policy allows cli)
 for p in "${PATHS[@]}"; do
   ok=0
@@ -177,6 +196,21 @@ done
 if in_ns "${SRC[d-same]}" timeout 2 "$RR" rr "${DST[d-same]}" $((PORT + 1)) 0.01 >/dev/null 2>&1; then
   echo "policy not enforced: cli reached srv on port $((PORT + 1))" >&2; exit 1
 fi
+# ... and that the programs come off and back: node1's forwarded-packet counter stands
+# still while they are off, and moves again once they are back
+forwarded() {
+  "$FATHOM" bpf counters --lab "$DP_LAB" --node node1 -o json |
+    jq '[.rows[] | select(.[0] == "forwarded") | .[2] | tonumber] | add // 0'
+}
+for state in off on; do
+  programs "$state"
+  c0="$(forwarded)"
+  in_ns "${SRC[d-cross]}" timeout 5 "$RR" rr "${DST[d-cross]}" "$PORT" 0.1 >/dev/null ||
+    { echo "path d-cross does not work with the programs $state" >&2; exit 1; }
+  c1="$(forwarded)"
+  if [ "$state" = off ] && [ "$c1" != "$c0" ]; then echo "programs still run after detaching ($c0 -> $c1)" >&2; exit 1; fi
+  if [ "$state" = on ] && [ "$c1" = "$c0" ]; then echo "programs do not run after attaching again" >&2; exit 1; fi
+done
 
 measure() { # metric path -> value
   local m="$1" p="$2" limit=$((${SECS%.*} + IPERF_SECS + 30))
@@ -190,9 +224,10 @@ measure() { # metric path -> value
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  kernel: $(uname -r)  cpus: $(nproc)  rounds: $ROUNDS" \
      " RR/CRR ${SECS}s, iperf3 ${IPERF_SECS}s per sample  load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "binaries: fathom-agent built $(date -u -r "$BIN/fathom-agent" '+%Y-%m-%d %H:%M:%S UTC')"
-echo "baseline: lab $BASE_LAB --no-datapath (kernel forwarding, no programs); A/A control: lab $CTRL_LAB, the same"
 echo "subject:  lab $DP_LAB (eBPF datapath), endpoint $EP_ID (srv) ingress-enforced," \
      "$N_ENTRIES policy entries; cli identity $CLI_ID"
+echo "baseline: lab $DP_LAB with its tc programs detached (kernel forwarding, the same namespaces)"
+echo "second baseline: lab $BASE_LAB --no-datapath (kernel forwarding, other namespaces)"
 echo "paths: same  cli  -> srv ${DST[d-same]} (node1)   cross  cli2 -> srv (node2 -> node1)"
 echo "setup $((SECONDS - setup_start)) s"
 start=$SECONDS
@@ -200,11 +235,10 @@ start=$SECONDS
 for r in $(seq "$ROUNDS"); do
   for m in rr crr tput; do
     for kind in same cross; do
-      if [ "$m" = crr ] && [ "$kind" = cross ]; then
-        three=(b d a); k0=$((r % 3)); order=("${three[@]:k0}" "${three[@]:0:k0}")
-      elif (( r % 2 )); then order=(b d); else order=(d b); fi
+      three=(d o b); k0=$((r % 3)); order=("${three[@]:k0}" "${three[@]:0:k0}")
       for k in "${order[@]}"; do
         p="$k-$kind"
+        case "$k" in d) programs on ;; o) programs off ;; esac
         v="$(measure "$m" "$p")"
         [ -n "$v" ] || { echo "no result for $m $p round $r" >&2; exit 1; }
         echo "$m $p $r $v" >>"$tmp/results"
@@ -213,6 +247,7 @@ for r in $(seq "$ROUNDS"); do
   done
   echo "round $r/$ROUNDS done ($((SECONDS - start)) s)" >&2
 done
+programs on
 N_ENTRIES_AFTER="$(policy_entries)"
 
 # ---- events: a UDP flood at a denied port, subject only ------------------------------
@@ -248,14 +283,25 @@ for row in rows:
 unit = {"rr": "us", "crr": "conn/s", "tput": "Gbit/s"}
 name = {"rr": "RR 1-CPU", "crr": "CRR 1-CPU", "tput": "iperf3 1 stream"}
 fmt = {"rr": "{:.2f}", "crr": "{:.0f}", "tput": "{:.1f}"}
-label = {"b": "no programs", "d": "eBPF + 1000 entries"}
+label = {"b": "other lab, no progs", "o": "programs detached", "d": "eBPF + 1000 entries"}
 busy = False
-verdicts = []
-print(f"\n{'metric':<16}{'path':<7}{'lab':<21}{'median':>14}  {'min-max':<15}{'subject/baseline':>17}{'paired':>9}")
+verdicts, others = [], []
+
+def paired(m, kind, top, bottom):
+    """The ratio taken round by round (each round's samples measured back to back, so a
+    slow spell of the machine hits both), its median, and how far that median could move
+    by chance: the rounds resampled with replacement 2,000 times, 5th-95th percentile."""
+    t, u = byround[(m, f"{top}-{kind}")], byround[(m, f"{bottom}-{kind}")]
+    rs = [t[r] / u[r] for r in t if r in u]
+    rng = random.Random(1)
+    boot = sorted(statistics.median(rng.choices(rs, k=len(rs))) for _ in range(2000))
+    return statistics.median(rs), (boot[100], boot[1899])
+
+print(f"\n{'metric':<16}{'path':<7}{'':<21}{'median':>14}  {'min-max':<15}{'/ detached':>11}{'paired':>9}")
 for m in ("rr", "crr", "tput"):
     for kind in ("same", "cross"):
-        base = statistics.median(data[(m, "b-" + kind)])
-        for k in ("b", "d"):
+        base = statistics.median(data[(m, "o-" + kind)])
+        for k in ("b", "o", "d"):
             v = data[(m, f"{k}-{kind}")]
             med = statistics.median(v)
             f = fmt[m]
@@ -263,50 +309,34 @@ for m in ("rr", "crr", "tput"):
             if (max(v) - min(v)) / med > 0.25:
                 flag, busy = "  (wide: busy machine)", True
             ratio = ""
-            if k == "d":
+            if k != "o":
                 x = med / base
-                ratio = f"{x:.2f}x"
-                # the same ratio taken round by round (each pair measured back to back),
-                # then its median: a slow spell of the machine hits both sides of a pair
-                bs, ds = byround[(m, "b-" + kind)], byround[(m, "d-" + kind)]
-                rs = [ds[r] / bs[r] for r in ds if r in bs]
-                paired = statistics.median(rs)
-                ratio = f"{ratio:>17}{paired:>8.2f}x"
-                # how far the paired ratio could move by chance: the median of the rounds
-                # resampled with replacement, 2,000 times; its 5th and 95th percentiles
-                rng = random.Random(1)
-                boot = sorted(statistics.median(rng.choices(rs, k=len(rs))) for _ in range(2000))
-                spread = (boot[100], boot[1899])
-                if m == "rr":
-                    verdicts.append((f"RR  {kind:<5}", paired, x, spread, 1.0, paired <= 1.0, paired <= 0.95, "bar <= 1.00x, goal <= 0.95x"))
-                elif m == "crr":
-                    verdicts.append((f"CRR {kind:<5}", paired, x, spread, 1.0, paired >= 1.0, paired >= 1.03, "bar >= 1.00x, goal >= 1.03x"))
+                p, spread = paired(m, kind, k, "o")
+                ratio = f"{x:>10.2f}x{p:>8.2f}x"
+                if k == "d":
+                    db, db_spread = paired(m, kind, "d", "b")
+                    ob, ob_spread = paired(m, kind, "o", "b")
+                    others.append((f"{name[m]:<16}{kind:<6}", db, db_spread, ob, ob_spread))
+                    if m == "rr":
+                        verdicts.append((f"RR  {kind:<5}", p, x, spread, 1.0, p <= 1.0, p <= 0.95, "bar <= 1.00x, goal <= 0.95x"))
+                    elif m == "crr":
+                        verdicts.append((f"CRR {kind:<5}", p, x, spread, 1.0, p >= 1.0, p >= 1.03, "bar >= 1.00x, goal >= 1.03x"))
             print(f"{name[m]:<16}{kind:<7}{label[k]:<21}{f.format(med) + ' ' + unit[m]:>14}  "
-                  f"{f.format(min(v)) + '-' + f.format(max(v)):<15}{ratio:>26}{flag}")
-print("\nRR: ratio > 1 is slower than the no-program path; CRR, iperf3: ratio < 1 is slower.")
-print("\nAgainst the issue's bar and goal (paired ratio, its 90% bootstrap interval; ratio of medians):")
+                  f"{f.format(min(v)) + '-' + f.format(max(v)):<15}{ratio:>20}{flag}")
+print("\nRR: ratio > 1 is slower than the path without programs; CRR, iperf3: ratio < 1 is slower.")
+print("\nAgainst the issue's bar and goal: subject / the same lab with its programs detached (paired")
+print("ratio, its 90% bootstrap interval; ratio of medians):")
 for what, x, of_medians, (lo, hi), bar_at, bar, goal, rule in verdicts:
     noise = "  (the bar is inside the interval: not decided by this run)" if lo < bar_at < hi else ""
     print(f"  {what} {x:.3f}x [{lo:.3f}-{hi:.3f}] ({of_medians:.2f}x)  bar: {'MET' if bar else 'missed'}"
           f"  goal: {'MET' if goal else 'missed'}   ({rule}){noise}")
 if busy:
     print("Some min-max ranges exceed 25% of the median: busy machine; trust ratios less.")
-
-def median_and_interval(rs):
-    rng = random.Random(1)
-    boot = sorted(statistics.median(rng.choices(rs, k=len(rs))) for _ in range(2000))
-    return statistics.median(rs), boot[100], boot[1899]
-if ("crr", "a-cross") in byround:
-    b, d, a = (byround[("crr", k + "-cross")] for k in "bda")
-    rounds = [r for r in d if r in a and r in b]
-    aa = median_and_interval([a[r] / b[r] for r in rounds])
-    da = median_and_interval([d[r] / a[r] for r in rounds])
-    db = median_and_interval([d[r] / (a[r] * b[r]) ** 0.5 for r in rounds])
-    print("\nA/A control, CRR cross (paired ratio [90% interval]):")
-    print(f"  second lab without programs / first   {aa[0]:.3f}x [{aa[1]:.3f}-{aa[2]:.3f}]"
-          "   (identical labs: how far a lab pair alone moves a ratio in this run)")
-    print(f"  subject / second lab without programs {da[0]:.3f}x [{da[1]:.3f}-{da[2]:.3f}]")
-    print(f"  subject / both (geometric mean)       {db[0]:.3f}x [{db[1]:.3f}-{db[2]:.3f}]")
+print("\nAgainst the other lab (paired ratio [90% interval]): the subject, and its own lab with the")
+print("programs detached (an A/A control: two program-free paths in two labs; what a lab pair alone")
+print("moves a ratio in this run):")
+for what, db, (dlo, dhi), ob, (olo, ohi) in others:
+    print(f"  {what} subject {db:.3f}x [{dlo:.3f}-{dhi:.3f}]   detached {ob:.3f}x [{olo:.3f}-{ohi:.3f}]")
 
 _, sent, _pk, sent_rate, _u, _ev, ev0, ev1, _dn, dr0, dr1 = flood
 sent, ev, dropped = int(sent), int(ev1) - int(ev0), int(dr1) - int(dr0)
