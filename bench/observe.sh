@@ -17,6 +17,9 @@
 #   served/s      flows GetFlows returns per second, number = ring size, over the unix socket
 #                 filtered (verdict + pod + protocol, all match) vs unfiltered
 #   memory        agent RSS with a full ring                  vs the same agent before the flood
+#   agent CPU     the agent's CPU time over a flood round (flood and settling), per 1,000
+#                 flows decoded                               vs all CPUs' busy time in the
+#                                                             same window (its share)
 #
 # Usage: sudo bench/observe.sh        (uses the build in .build/debug; BUILD=release for
 #                                      .build/release, after `swift build -c release`;
@@ -59,6 +62,13 @@ metrics() { # lab -> the agent's /metrics, fetched inside node1's namespace
   nsenter --net="/run/netns/$1-node1" python3 -c \
     "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://192.168.101.101:9962/metrics', timeout=10).read().decode())"
 }
+agent_ticks() { # lab -> node1's agent's user + system CPU time, in clock ticks
+  local pid
+  pid="$(pgrep -f "fathom-agent --node node1 .*--lab $1 " | head -1)"
+  [ -n "$pid" ] || { echo "no agent for lab $1" >&2; exit 1; }
+  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat"
+}
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }   # all CPUs: user nice system irq softirq
 sample() { # metrics-file name -> value (0 when absent)
   awk -v k="$2" '$1 == k { print $2; found=1 } END { if (!found) print 0 }' "$1"
 }
@@ -85,15 +95,17 @@ EOF
 
   for r in $(seq "$ROUNDS"); do
     metrics "$l" >"$tmp/$l.a"
+    a0="$(agent_ticks "$l")"; c0="$(busy_ticks)"
     flood="$(nsenter --net="$CLI_NS" timeout $((FLOOD_SECS + 10)) "$tmp/udpflood" "$SRV" "$FLOOD_PORT" "$FLOOD_SECS")"
     sleep 2.5   # the ring is drained at least every 50 ms; lost events are counted every second
+    a1="$(agent_ticks "$l")"; c1="$(busy_ticks)"
     metrics "$l" >"$tmp/$l.b"
     drops=$(( $(sample "$tmp/$l.b" 'fathom_drop_count_total{reason="POLICY_DENIED",direction="INGRESS"}') - $(sample "$tmp/$l.a" 'fathom_drop_count_total{reason="POLICY_DENIED",direction="INGRESS"}') ))
     decoded=$(( $(sample "$tmp/$l.b" 'fathom_flows_processed_total{type="Drop",verdict="DROPPED"}') - $(sample "$tmp/$l.a" 'fathom_flows_processed_total{type="Drop",verdict="DROPPED"}') ))
     lost_ring=$(( $(sample "$tmp/$l.b" 'fathom_lost_events_total{source="perf_event_ring_buffer"}') - $(sample "$tmp/$l.a" 'fathom_lost_events_total{source="perf_event_ring_buffer"}') ))
     lost_queue=$(( $(sample "$tmp/$l.b" 'fathom_lost_events_total{source="observer_events_queue"}') - $(sample "$tmp/$l.a" 'fathom_lost_events_total{source="observer_events_queue"}') ))
     secs="$(echo "$flood" | awk '{ if ($3 > 0) printf "%.3f", $1 / $3; else print 0 }')"
-    echo "flood $l $ring $r $secs $drops $decoded $lost_ring $lost_queue" >>"$tmp/results"
+    echo "flood $l $ring $r $secs $drops $decoded $lost_ring $lost_queue $((a1 - a0)) $((c1 - c0))" >>"$tmp/results"
   done
   rss_full="$(sample "$tmp/$l.b" fathom_agent_resident_memory_bytes)"
   rss_empty="$(sample "$tmp/$l.m0" fathom_agent_resident_memory_bytes)"
@@ -109,17 +121,18 @@ EOF
   "$FATHOM" lab down --lab "$l" >/dev/null
 done
 
-python3 - "$tmp/results" "$BUILD" <<'PY'
+python3 - "$tmp/results" "$BUILD" "$(getconf CLK_TCK)" <<'PY'
 import sys, statistics
 rows = [l.split() for l in open(sys.argv[1])]
 build = sys.argv[2]
+tick_ms = 1000 / int(sys.argv[3])
 med = statistics.median
 print(f"bench/observe.sh ({build} build), one agent, 1-node lab")
 for ring in ("4095", "65535"):
     fl = [r for r in rows if r[0] == "flood" and r[2] == ring]
     print(f"\nRing {int(ring):,} flows:")
     for r in fl:
-        _, l, _, rnd, secs, drops, dec, lr, lq = r
+        _, l, _, rnd, secs, drops, dec, lr, lq, _a, _c = r
         secs, drops, dec, lr, lq = float(secs), int(drops), int(dec), int(lr), int(lq)
         acc = "closes" if dec + lr + lq == drops else f"OFF BY {drops - dec - lr - lq}"
         print(f"  flood round {rnd}: {drops:,} dropped ({drops / secs:,.0f}/s), {dec:,} decoded ({dec / secs:,.0f}/s, "
@@ -128,6 +141,10 @@ for ring in ("4095", "65535"):
     rates = [int(r[6]) / float(r[4]) for r in fl]
     ratios = [int(r[6]) / int(r[5]) for r in fl if int(r[5]) > 0]
     print(f"  decoded/s median {med(rates):,.0f} (min {min(rates):,.0f}, max {max(rates):,.0f}); decoded/dropped median {med(ratios):.2f}")
+    per_k = [int(r[9]) * tick_ms / (int(r[6]) / 1000) for r in fl if int(r[6]) > 0]
+    share = [int(r[9]) / int(r[10]) for r in fl if int(r[10]) > 0]
+    print(f"  agent CPU: median {med(per_k):.2f} ms per 1,000 flows decoded (min {min(per_k):.2f}, max {max(per_k):.2f}); "
+          f"{med(share):.3f} of all CPUs' busy time in the same windows")
     for r in (r for r in rows if r[0] == "memory" and r[2] == ring):
         _, l, _, empty, full, held = r
         print(f"  memory: agent RSS {int(empty) / 2**20:.1f} MiB before the flood, {int(full) / 2**20:.1f} MiB with {int(held):,} flows held: "

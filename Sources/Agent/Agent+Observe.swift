@@ -84,8 +84,9 @@ extension Agent {
 
     /// Records every datapath event as a flow, off the actor: the monitor ring, the flow
     /// ring and the counters are behind their own locks, the context is a snapshot. Events
-    /// come a drain at a time; each goes into the flow ring with the context of its batch
-    /// and is decoded only when read (`PendingFlow`). The counters are kept per batch.
+    /// come a drain at a time; a drain goes into the flow ring as one batch with the
+    /// context of its moment, each event decoded only when read (`PendingFlows`). The
+    /// counters are counted per batch in fixed slots, then added to the metrics once.
     public nonisolated func runEvents() async {
         guard let datapath = await datapath else { return }
         await publishFlowContext()
@@ -94,31 +95,47 @@ extension Agent {
         for await batch in datapath.eventBatches() {
             recentEvents.withLock { r in for e in batch { r.append(e) } }
             let context = FlowContextSnapshot(flowContext.withLock { $0 })
-            flows.append(deferred: batch.map { PendingFlow(event: $0, context: context, decoder: decoder, run: run) })
-            var counts: [String: UInt64] = [:]
-            var verdicts: [String: UInt64] = [:]
+            flows.append(batch: PendingFlows(events: batch, context: context, decoder: decoder, run: run))
+            var drops: UInt64 = 0
+            var verdicts = [UInt64](repeating: 0, count: Self.policyVerdictKeys.count)
             for e in batch {
-                counts[e.kind == .drop ? "Drop|DROPPED" : "Trace|FORWARDED", default: 0] += 1
-                if let verdict = Self.policyVerdict(e) { verdicts[verdict, default: 0] += 1 }
+                if e.kind == .drop { drops += 1 }
+                if let v = Self.policyVerdictSlot(e) { verdicts[v] += 1 }
             }
+            let traces = UInt64(batch.count) - drops
             observeStats.withLock { s in
-                s.flows.merge(counts, uniquingKeysWith: +)
-                s.policyVerdicts.merge(verdicts, uniquingKeysWith: +)
+                if drops > 0 { s.flows["Drop|DROPPED", default: 0] += drops }
+                if traces > 0 { s.flows["Trace|FORWARDED", default: 0] += traces }
+                for (slot, n) in verdicts.enumerated() where n > 0 {
+                    s.policyVerdicts[Self.policyVerdictKeys[slot], default: 0] += n
+                }
             }
+        }
+    }
+
+    /// The policy verdict metric's label sets, "direction|action|match".
+    static let policyVerdictKeys = [
+        "ingress|denied|deny-rule", "ingress|denied|default-deny", "ingress|allowed|rule", "ingress|allowed|no-policy",
+        "egress|denied|deny-rule", "egress|denied|default-deny", "egress|allowed|rule", "egress|allowed|no-policy",
+    ]
+
+    /// The event's index in `policyVerdictKeys` when it is a policy verdict (a packet
+    /// dropped by policy, a new connection allowed), else nil.
+    static func policyVerdictSlot(_ e: DatapathEvent) -> Int? {
+        let dir = FlowDecoder.trafficDirection(e) == .ingress ? 0 : 4
+        switch e.kind {
+        case .drop:
+            guard let r = e.dropReason, r == .policyDenied || r == .policyDeny else { return nil }
+            return dir + (r == .policyDeny ? 0 : 1)
+        case .trace:
+            guard e.traceReason == .new else { return nil }
+            return dir + (e.ruleRef != 0 ? 2 : 3)
         }
     }
 
     /// "direction|action|match" for events that are policy verdicts, else nil.
     static func policyVerdict(_ e: DatapathEvent) -> String? {
-        let dir = FlowDecoder.trafficDirection(e) == .ingress ? "ingress" : "egress"
-        switch e.kind {
-        case .drop:
-            guard let r = e.dropReason, r == .policyDenied || r == .policyDeny else { return nil }
-            return "\(dir)|denied|\(r == .policyDeny ? "deny-rule" : "default-deny")"
-        case .trace:
-            guard e.traceReason == .new else { return nil }
-            return "\(dir)|allowed|\(e.ruleRef != 0 ? "rule" : "no-policy")"
-        }
+        policyVerdictSlot(e).map { policyVerdictKeys[$0] }
     }
 
     /// Turns events the datapath could not deliver into LostEvent records: the kernel's
@@ -228,16 +245,25 @@ final class FlowContextSnapshot: Sendable {
     init(_ value: FlowContext) { self.value = value }
 }
 
-/// A datapath event in the flow ring, decoded when a reader asks, with the context of the
-/// moment it was recorded (an endpoint deleted since is still named).
-struct PendingFlow: DeferredFlow {
-    let event: DatapathEvent
+/// One drain's datapath events in the flow ring, each decoded when a reader asks, with
+/// the context of the moment they were recorded (an endpoint deleted since is still named).
+final class PendingFlows: DeferredFlowBatch {
+    let events: [DatapathEvent]
     let context: FlowContextSnapshot
     let decoder: FlowDecoder
     let run: UInt64
 
-    func response(sequence: UInt64) -> Observer_GetFlowsResponse {
-        .flow(decoder.flow(event, context: context.value, uuid: FlowDecoder.uuid(run: run, sequence: sequence)))
+    init(events: [DatapathEvent], context: FlowContextSnapshot, decoder: FlowDecoder, run: UInt64) {
+        self.events = events
+        self.context = context
+        self.decoder = decoder
+        self.run = run
+    }
+
+    var count: Int { events.count }
+
+    func response(at index: Int, sequence: UInt64) -> Observer_GetFlowsResponse {
+        .flow(decoder.flow(events[index], context: context.value, uuid: FlowDecoder.uuid(run: run, sequence: sequence)))
     }
 }
 

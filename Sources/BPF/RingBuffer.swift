@@ -11,23 +11,17 @@ import Musl
 /// ring is filling up (fathom's programs force a wake-up every 4 KiB past half full):
 /// `start` runs a dedicated thread that drains every `interval` (sooner when records come
 /// fast), or as soon as a producer wakes it, and `drain` empties it synchronously (tests,
-/// shutdown). Records go to `handler` in order;
-/// `afterDrain` runs once after each drain that read any, so that a consumer can hand
-/// on a drain's records as one batch instead of one at a time.
+/// shutdown). A drain's records go to `handler` in one call, in order: libbpf's callback
+/// per record is C, copying each into one buffer (fth_ring_buffer_new_sink), so that a
+/// busy ring (hundreds of thousands of records a second) costs no Swift call, retain or
+/// allocation per record.
 public final class RingBufferReader: @unchecked Sendable {
-    public typealias Handler = @Sendable (UnsafeRawBufferPointer) -> Void
-
-    private final class Box {
-        let handler: Handler
-        /// Bytes of ring the records of the drain in progress took (header included);
-        /// only a drain, under the drain lock, touches it.
-        var bytes = 0
-        init(_ handler: @escaping Handler) { self.handler = handler }
-    }
+    public typealias Handler = @Sendable (RingRecords) -> Void
 
     private let map: Map
-    private let box: Box
-    private let afterDrain: (@Sendable () -> Void)?
+    private let handler: Handler
+    /// Where the C callback copies records; only a drain, under the drain lock, touches it.
+    private let sink: UnsafeMutablePointer<fth_ring_sink>
     private let rb: OpaquePointer
     private let consumeLock = Mutex<Void>(())
     private let running = Atomic<Bool>(false)
@@ -36,20 +30,16 @@ public final class RingBufferReader: @unchecked Sendable {
     /// ends; -1s when it could not be set up (the thread then sleeps its interval).
     private let waiter: [Int32]
 
-    public init(map: Map, afterDrain: (@Sendable () -> Void)? = nil, handler: @escaping Handler) throws {
+    /// `handler` gets each drain's records (at least one), valid during the call only.
+    public init(map: Map, handler: @escaping Handler) throws {
         self.map = map
-        self.afterDrain = afterDrain
-        let box = Box(handler)
-        self.box = box
-        let ctx = Unmanaged.passUnretained(box).toOpaque()
-        guard let rb = ring_buffer__new(map.fd, { ctx, data, size in
-            guard let ctx, let data else { return 0 }
-            let box = Unmanaged<Box>.fromOpaque(ctx).takeUnretainedValue()
-            box.handler(UnsafeRawBufferPointer(start: data, count: size))
-            box.bytes &+= (Int(size) + 8 + 7) & ~7     // the 8-byte header, 8-byte aligned
-            return 0
-        }, ctx, nil) else {
-            throw BPFError.current("open ring buffer \(map.name)")
+        self.handler = handler
+        sink = .allocate(capacity: 1)
+        sink.initialize(to: fth_ring_sink())
+        guard let rb = fth_ring_buffer_new_sink(map.fd, sink) else {
+            let error = BPFError.current("open ring buffer \(map.name)")
+            sink.deallocate()
+            throw error
         }
         self.rb = rb
         var fds: [Int32] = [-1, -1, -1]
@@ -59,6 +49,8 @@ public final class RingBufferReader: @unchecked Sendable {
     deinit {
         stop()
         ring_buffer__free(rb)
+        fth_ring_sink_free(sink)
+        sink.deallocate()
         fth_ring_waiter_close(waiter)
     }
 
@@ -69,12 +61,20 @@ public final class RingBufferReader: @unchecked Sendable {
     /// Consumes everything available now: the records, and the bytes of ring they took.
     private func consume() -> (records: Int, bytes: Int) {
         consumeLock.withLock { _ in
-            box.bytes = 0
-            let n = Int(max(0, ring_buffer__consume(rb)))
-            if n > 0 { afterDrain?() }
-            return (n, box.bytes)
+            sink.pointee.len = 0
+            sink.pointee.records = 0
+            sink.pointee.ring_bytes = 0
+            _ = ring_buffer__consume(rb)
+            let n = sink.pointee.records
+            if n > 0 {
+                handler(RingRecords(bytes: UnsafeRawBufferPointer(start: sink.pointee.buf, count: sink.pointee.len), count: n))
+            }
+            return (n, sink.pointee.ring_bytes)
         }
     }
+
+    /// Records the buffer had no room for (it could not grow), since the reader was made.
+    public var recordsDropped: Int { consumeLock.withLock { _ in sink.pointee.dropped } }
 
     /// Starts the draining thread (idempotent).
     public func start(interval milliseconds: Int32 = 50) {
@@ -151,4 +151,29 @@ private func monotonicMilliseconds() -> Int {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+}
+
+/// One drain's records, in the order the ring held them: each an
+/// UnsafeRawBufferPointer into the reader's buffer, valid during the handler's call only.
+public struct RingRecords: Sequence {
+    /// fth_ring_sink's layout: a 4-byte length, 4 bytes of padding, the record padded to 8.
+    let bytes: UnsafeRawBufferPointer
+    /// How many records the drain read (for reserving room; the iterator goes by `bytes`).
+    public let count: Int
+
+    public struct Iterator: IteratorProtocol {
+        let bytes: UnsafeRawBufferPointer
+        var offset = 0
+
+        public mutating func next() -> UnsafeRawBufferPointer? {
+            guard offset + 8 <= bytes.count else { return nil }
+            let length = Int(bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
+            let start = offset + 8
+            guard start + length <= bytes.count else { return nil }
+            offset = start + ((length + 7) & ~7)
+            return UnsafeRawBufferPointer(rebasing: bytes[start..<start + length])
+        }
+    }
+
+    public func makeIterator() -> Iterator { Iterator(bytes: bytes) }
 }

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <bpf/btf.h>
@@ -159,6 +160,47 @@ int fth_bpf_is_bpffs(const char *path)
 int fth_bpf_mount_bpffs(const char *path)
 {
     return mount("bpf", path, "bpf", 0, NULL) == 0 ? 0 : -errno;
+}
+
+static int fth_ring_sink_record(void *ctx, void *data, size_t size)
+{
+    struct fth_ring_sink *sink = ctx;
+    size_t need = 8 + ((size + 7) & ~(size_t)7);
+
+    sink->ring_bytes += (size + 8 + 7) & ~(size_t)7;
+    if (sink->len + need > sink->cap) {
+        size_t cap = sink->cap ? sink->cap : 64 * 1024;
+        uint8_t *grown;
+
+        while (cap < sink->len + need)
+            cap *= 2;
+        grown = realloc(sink->buf, cap);
+        if (!grown) {
+            sink->dropped++;
+            return 0;
+        }
+        sink->buf = grown;
+        sink->cap = cap;
+    }
+    uint32_t len = (uint32_t)size;
+    memcpy(sink->buf + sink->len, &len, 4);
+    memset(sink->buf + sink->len + 4, 0, 4);
+    memcpy(sink->buf + sink->len + 8, data, size);
+    sink->len += need;
+    sink->records++;
+    return 0;
+}
+
+struct ring_buffer *fth_ring_buffer_new_sink(int map_fd, struct fth_ring_sink *sink)
+{
+    return ring_buffer__new(map_fd, fth_ring_sink_record, sink, NULL);
+}
+
+void fth_ring_sink_free(struct fth_ring_sink *sink)
+{
+    free(sink->buf);
+    sink->buf = NULL;
+    sink->len = sink->cap = 0;
 }
 
 int fth_ring_waiter_open(int ring_fd, int fds[3])

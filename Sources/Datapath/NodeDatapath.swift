@@ -543,23 +543,17 @@ public final class NodeDatapath: @unchecked Sendable {
 
     private let flushLock = Mutex<Void>(())
     private let flushBuffer = Mutex<[DatapathEvent]?>(nil)
-    /// Events of the drain in progress. Only the reader touches it, from its handler and
-    /// its after-drain hook, both under the reader's drain lock: no lock of its own, and
-    /// the per-record handler holds it directly (no weak reference to load per event).
-    private final class DrainBuffer: @unchecked Sendable {
-        var events: [DatapathEvent] = []
-    }
 
     private func reader() throws -> RingBufferReader {
         try readerLock.withLock { r in
             if let r { return r }
-            let buffer = DrainBuffer()
-            let new = try RingBufferReader(map: eventsMap, afterDrain: { [weak self] in
-                let batch = buffer.events
-                buffer.events.removeAll(keepingCapacity: true)
+            let new = try RingBufferReader(map: eventsMap) { [weak self] records in
+                var batch: [DatapathEvent] = []
+                batch.reserveCapacity(records.count)
+                for bytes in records {
+                    if let event = DatapathEvent(bytes: bytes) { batch.append(event) }
+                }
                 self?.dispatch(batch)
-            }) { bytes in
-                if let event = DatapathEvent(bytes: bytes) { buffer.events.append(event) }
             }
             r = new
             return new
@@ -584,9 +578,11 @@ public final class NodeDatapath: @unchecked Sendable {
     }
 
     /// Events read from the ring that a subscriber's queue had no room for (it fell
-    /// 65,536 events, or 64 drains, behind): counted so that they are reported, never lost
-    /// silently.
-    public var eventsDroppedFromQueues: UInt64 { queueDropped.load(ordering: .relaxed) }
+    /// 65,536 events, or 64 drains, behind), or that the reader's buffer had no room for
+    /// (it could not grow): counted so that they are reported, never lost silently.
+    public var eventsDroppedFromQueues: UInt64 {
+        queueDropped.load(ordering: .relaxed) + UInt64(readerLock.withLock { $0?.recordsDropped ?? 0 })
+    }
 }
 
 extension NodeDatapath {

@@ -10,17 +10,18 @@ import ObserveProto
 /// capacity has lost entries: `read(after:)` tells it how many, so the server can say so in
 /// a `LostEvent` (HUBBLE_RING_BUFFER) instead of skipping them silently.
 ///
-/// An entry may be a `DeferredFlow`: the raw event and what is needed to decode it, turned
-/// into a flow only when a reader asks. A busy node records tens of thousands of events a
-/// second and most are overwritten unread; decoding each as it came (a UUID, address
-/// strings, a protobuf message) cost the agent a quarter of a CPU under a connection
-/// benchmark, CPU that the node's traffic needed.
+/// An entry may be one flow of a `DeferredFlowBatch`: raw events and what is needed to
+/// decode them, turned into a flow only when a reader asks. A busy node records tens of
+/// thousands of events a second and most are overwritten unread; decoding each as it came
+/// (a UUID, address strings, a protobuf message) cost the agent a quarter of a CPU under a
+/// connection benchmark, CPU that the node's traffic needed. The entries of a batch share
+/// it: recording one costs a reference, not an allocation.
 public final class FlowRing: Sendable {
     public let capacity: Int
 
     private enum Slot {
         case ready(Observer_GetFlowsResponse)
-        case deferred(any DeferredFlow)
+        case deferred(any DeferredFlowBatch, index: Int)
     }
 
     private struct State {
@@ -54,13 +55,14 @@ public final class FlowRing: Sendable {
         for w in waiters { w.yield() }
     }
 
-    /// Appends flows to be decoded when read, in order, waking followers once.
-    public func append(deferred entries: [any DeferredFlow]) {
-        guard !entries.isEmpty else { return }
+    /// Appends a batch's flows, to be decoded when read, in order, waking followers once.
+    public func append(batch: any DeferredFlowBatch) {
+        let count = batch.count
+        guard count > 0 else { return }
         let waiters = state.withLock { s -> [AsyncStream<Void>.Continuation] in
-            for e in entries {
+            for index in 0..<count {
                 s.newest += 1
-                s.slots[Int(s.newest % UInt64(capacity))] = .deferred(e)
+                s.slots[Int(s.newest % UInt64(capacity))] = .deferred(batch, index: index)
             }
             return s.waiters.isEmpty ? [] : Array(s.waiters.values)
         }
@@ -92,7 +94,7 @@ public final class FlowRing: Sendable {
         return (slots.map { seq, slot in
             switch slot {
             case .ready(let r): (seq, r)
-            case .deferred(let d): (seq, d.response(sequence: seq))
+            case .deferred(let batch, let index): (seq, batch.response(at: index, sequence: seq))
             }
         }, lost)
     }
@@ -117,11 +119,12 @@ public final class FlowRing: Sendable {
     }
 }
 
-/// A ring entry decoded on demand. `response` must give the same flow every time it is
-/// asked for one sequence number (a UUID derived from it, not a random one), since several
-/// readers may decode one entry.
-public protocol DeferredFlow: Sendable {
-    func response(sequence: UInt64) -> Observer_GetFlowsResponse
+/// Ring entries decoded on demand, `count` of them. `response` must give the same flow
+/// every time it is asked for one index and sequence number (a UUID derived from the
+/// sequence, not a random one), since several readers may decode one entry.
+public protocol DeferredFlowBatch: AnyObject, Sendable {
+    var count: Int { get }
+    func response(at index: Int, sequence: UInt64) -> Observer_GetFlowsResponse
 }
 
 extension Observer_GetFlowsResponse {

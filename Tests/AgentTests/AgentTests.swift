@@ -127,6 +127,7 @@ import AgentAPI
         bytes[0] = 1      // drop
         bytes[1] = 133
         var e = bytes.withUnsafeBytes { DatapathEvent(bytes: $0) }!
+        e.proto = 6
         e.destinationPort = port
         return e
     }
@@ -146,22 +147,50 @@ import AgentAPI
 }
 
 @Suite struct PendingFlowTests {
-    @Test func aDeferredFlowIsTheSameFlowOnEveryReadAndNamesItsRingSequence() {
+    static func event(port: UInt16, reason: UInt8 = 133) -> DatapathEvent {
         var bytes = [UInt8](repeating: 0, count: 56)
         bytes[0] = 1      // drop
-        bytes[1] = 133
+        bytes[1] = reason
         bytes[3] = 1      // ingress
         var e = bytes.withUnsafeBytes { DatapathEvent(bytes: $0) }!
-        e.destinationPort = 80
+        e.proto = 6
+        e.destinationPort = port
+        return e
+    }
+
+    @Test func aDeferredFlowIsTheSameFlowOnEveryReadAndNamesItsRingSequence() {
+        let e = Self.event(port: 80)
         var c = FlowContext()
         c.nodeName = "node1"
-        let pending = PendingFlow(event: e, context: FlowContextSnapshot(c), decoder: FlowDecoder(), run: 0x0123_4567_89ab_cdef)
-        let a = pending.response(sequence: 7), b = pending.response(sequence: 7)
+        let pending = PendingFlows(events: [Self.event(port: 79), e], context: FlowContextSnapshot(c), decoder: FlowDecoder(),
+                                   run: 0x0123_4567_89ab_cdef)
+        #expect(pending.count == 2)
+        let a = pending.response(at: 1, sequence: 7), b = pending.response(at: 1, sequence: 7)
         #expect(a == b, "decoding twice gives one flow, UUID included")
         #expect(a.flow.uuid == "01234567-89ab-4def-8000-000000000007")
         #expect(UUID(uuidString: a.flow.uuid) != nil)
-        #expect(pending.response(sequence: 8).flow.uuid != a.flow.uuid)
+        #expect(pending.response(at: 1, sequence: 8).flow.uuid != a.flow.uuid)
         #expect(a.flow.verdict == .dropped && a.flow.trafficDirection == .ingress && a.flow.nodeName == "node1")
+        #expect(a.flow.l4.tcp.destinationPort == 80, "the event at the index asked for")
+        #expect(pending.response(at: 0, sequence: 6).flow.l4.tcp.destinationPort == 79)
         #expect(Agent.policyVerdict(e) == "ingress|denied|default-deny")
+    }
+
+    /// Each label set has its own slot, and a slot names the same labels as the event.
+    @Test func policyVerdictsAreCountedInTheirOwnSlots() {
+        var slots = Set<Int>()
+        for reason: UInt8 in [133, 181] {
+            for direction: UInt8 in [1, 2] {
+                var e = Self.event(port: 80, reason: reason)
+                e.direction = TrafficDirection(rawValue: direction)
+                let slot = Agent.policyVerdictSlot(e)!
+                slots.insert(slot)
+                let key = Agent.policyVerdictKeys[slot]
+                #expect(key.hasPrefix(direction == 1 ? "ingress|denied|" : "egress|denied|"))
+                #expect(key.hasSuffix(reason == 181 ? "deny-rule" : "default-deny"))
+            }
+        }
+        #expect(slots.count == 4)
+        #expect(Agent.policyVerdictSlot(Self.event(port: 80, reason: 130)) == nil, "a drop that is not policy's")
     }
 }

@@ -168,17 +168,19 @@ import ObserveProto
         #expect(none.isEmpty && noneLost == 0)
     }
 
-    /// A deferred entry counts its decodings, and names itself after its sequence.
-    final class CountingFlow: DeferredFlow, @unchecked Sendable {
-        let n: Int
+    /// A deferred batch counts the decodings of each entry, and names each after its
+    /// number and sequence.
+    final class CountingBatch: DeferredFlowBatch, @unchecked Sendable {
+        let numbers: [Int]
         private let lock = NSLock()
-        private var decoded = 0
-        init(_ n: Int) { self.n = n }
-        var decodings: Int { lock.withLock { decoded } }
-        func response(sequence: UInt64) -> Observer_GetFlowsResponse {
-            lock.withLock { decoded += 1 }
-            var f = ObserverServerTests.flow(n)
-            f.uuid = "flow-\(n)-seq-\(sequence)"
+        private var decoded: [Int]
+        init(_ numbers: [Int]) { self.numbers = numbers; decoded = numbers.map { _ in 0 } }
+        var count: Int { numbers.count }
+        var decodings: [Int] { lock.withLock { decoded } }
+        func response(at index: Int, sequence: UInt64) -> Observer_GetFlowsResponse {
+            lock.withLock { decoded[index] += 1 }
+            var f = ObserverServerTests.flow(numbers[index])
+            f.uuid = "flow-\(numbers[index])-seq-\(sequence)"
             return .flow(f)
         }
     }
@@ -186,17 +188,22 @@ import ObserveProto
     @Test func deferredEntriesAreDecodedOnlyWhenReadAndInOrderWithOthers() {
         let ring = FlowRing(capacity: 4)
         ring.append(.flow(Self.flow(1)))
-        let deferred = (2...6).map(CountingFlow.init)
-        ring.append(deferred: deferred)
-        #expect(deferred.allSatisfy { $0.decodings == 0 }, "appending decodes nothing")
-        #expect(ring.seen == 6 && ring.count == 4)
+        let deferred = CountingBatch(Array(2...6))
+        ring.append(batch: deferred)
+        ring.append(batch: CountingBatch([]))
+        #expect(deferred.decodings.allSatisfy { $0 == 0 }, "appending decodes nothing")
+        #expect(ring.seen == 6 && ring.count == 4, "an empty batch adds nothing")
         let (entries, lost) = ring.read(after: 0)
         #expect(lost == 2, "flow 1 and deferred 2 were overwritten unread")
         #expect(entries.map(\.0) == [3, 4, 5, 6])
         #expect(entries.map(\.1.flow.uuid) == ["flow-3-seq-3", "flow-4-seq-4", "flow-5-seq-5", "flow-6-seq-6"])
-        #expect(deferred.map(\.decodings) == [0, 1, 1, 1, 1], "the overwritten one was never decoded")
+        #expect(deferred.decodings == [0, 1, 1, 1, 1], "the overwritten one was never decoded")
         let again = ring.read(after: 4, limit: 1)
         #expect(again.entries.map(\.1.flow.uuid) == ["flow-5-seq-5"], "a second read gives the same flow")
+        // a second batch overwrites the first one's entries in turn, and they it
+        let next = CountingBatch([7, 8])
+        ring.append(batch: next)
+        #expect(ring.read(after: 0).entries.map(\.1.flow.uuid) == ["flow-5-seq-5", "flow-6-seq-6", "flow-7-seq-7", "flow-8-seq-8"])
     }
 
     @Test func badFiltersAndWindowsAreInvalidArgument() async throws {

@@ -48,6 +48,23 @@ int fth_bpf_mount_bpffs(const char *path);
 /* errno of the calling thread. */
 int fth_bpf_errno(void);
 
+/* A ring buffer whose records are copied, as consumed, into one growing buffer: a
+ * drain's records reach the caller at once, not one callback each. Each record in `buf`
+ * is a 4-byte length, 4 bytes of padding, then its bytes, padded to 8. `ring_bytes` adds
+ * up what the records took in the ring (its 8-byte header included, rounded to 8);
+ * `dropped` counts records that did not fit because the buffer could not grow. The
+ * caller sets `len`, `ring_bytes` and `dropped` to 0 before ring_buffer__consume. */
+struct fth_ring_sink {
+    uint8_t *buf;
+    size_t len;
+    size_t cap;
+    size_t records;
+    size_t ring_bytes;
+    size_t dropped;
+};
+struct ring_buffer *fth_ring_buffer_new_sink(int map_fd, struct fth_ring_sink *sink);
+void fth_ring_sink_free(struct fth_ring_sink *sink);
+
 /* Waiting on a ring buffer map for a drain: an epoll set holding the ring's fd
  * edge-triggered (readable means "records waiting", which under load is always; an
  * edge is a producer's wake-up) and the read end of a pipe that ends the wait.
