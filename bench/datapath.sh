@@ -16,7 +16,7 @@
 #   that comparison again (an A/A control) in every run.
 # In each lab: default/srv (app=srv) and default/cli (app=cli) on node1, default/cli2
 #   (app=cli) on node2; same-node cli -> srv, cross-node cli2 -> srv.
-# Metrics, subject and both baselines in rotating order in every round:
+# Metrics, subject and both baselines in every round, the six orders in turn:
 #   RR   1-byte TCP ping-pong, client and server pinned to CPU 0 (mean us/transaction)
 #   CRR  connect, 1-byte request/response, close, both pinned to CPU 0 (conn/s)
 #   TPUT iperf3 single stream (Gbit/s; secondary: segmentation offload hides per-packet cost)
@@ -33,11 +33,11 @@
 # it, the run cannot tell the datapath from the baseline at the bar.
 #
 # Usage: sudo bench/datapath.sh
-# Environment: ROUNDS (5), SECS per RR/CRR sample (3), IPERF_SECS (2), FLOOD_SECS (3),
+# Environment: ROUNDS (6; a multiple of 6 balances the order), SECS per RR/CRR sample (3), IPERF_SECS (2), FLOOD_SECS (3),
 #              ENTRIES (1000), BASE_LAB (bdbase), DP_LAB (bddp)
 set -euo pipefail
 
-ROUNDS=${ROUNDS:-5}
+ROUNDS=${ROUNDS:-6}
 SECS=${SECS:-3}
 IPERF_SECS=${IPERF_SECS:-2}
 FLOOD_SECS=${FLOOD_SECS:-3}
@@ -80,7 +80,13 @@ PIDS=()
 STARTED=()
 cleanup() {
   set +e
-  [ -d "$SAVED" ] && programs on
+  # whatever state a failure left them in: attach restores every link it saved
+  if [ -d "$SAVED" ]; then
+    for n in node1 node2; do
+      [ -d "$tmp/links-$n" ] && in_ns "$DP_LAB-$n" "$tmp/tcx_toggle" attach "/sys/fs/bpf/fathom/$DP_LAB/$n/links" \
+        "$SAVED/$n" "$tmp/links-$n" >/dev/null
+    done
+  fi
   rm -rf "$SAVED"
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
@@ -101,6 +107,7 @@ PROGRAMS=on
 programs() { # on|off
   [ "$1" = "$PROGRAMS" ] && return 0
   local op=attach n; [ "$1" = off ] && op=detach
+  PROGRAMS=mixed       # until both nodes are done
   for n in node1 node2; do
     mkdir -p "$SAVED/$n" "$tmp/links-$n"
     in_ns "$DP_LAB-$n" "$tmp/tcx_toggle" "$op" "/sys/fs/bpf/fathom/$DP_LAB/$n/links" "$SAVED/$n" "$tmp/links-$n" \
@@ -235,7 +242,11 @@ start=$SECONDS
 for r in $(seq "$ROUNDS"); do
   for m in rr crr tput; do
     for kind in same cross; do
-      three=(d o b); k0=$((r % 3)); order=("${three[@]:k0}" "${three[@]:0:k0}")
+      # all six orders in turn: each of the three runs first, second and third, and
+      # directly after each other one, equally often over six rounds (a sample leaves
+      # TIME_WAIT sockets and conntrack entries behind in the lab d and o share)
+      orders=("d o b" "o b d" "b d o" "d b o" "b o d" "o d b")
+      read -ra order <<<"${orders[$((r % 6))]}"
       for k in "${order[@]}"; do
         p="$k-$kind"
         case "$k" in d) programs on ;; o) programs off ;; esac

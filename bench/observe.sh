@@ -18,7 +18,7 @@
 #                 filtered (verdict + pod + protocol, all match) vs unfiltered
 #   memory        agent RSS with a full ring                  vs the same agent before the flood
 #   agent CPU     the agent's CPU time over a flood round (flood and settling), per 1,000
-#                 flows decoded                               vs all CPUs' busy time in the
+#                 flows recorded                              vs all CPUs' busy time in the
 #                                                             same window (its share)
 #
 # Usage: sudo bench/observe.sh        (uses the build in .build/debug; BUILD=release for
@@ -143,8 +143,9 @@ for ring in ("4095", "65535"):
     print(f"  decoded/s median {med(rates):,.0f} (min {min(rates):,.0f}, max {max(rates):,.0f}); decoded/dropped median {med(ratios):.2f}")
     per_k = [int(r[9]) * tick_ms / (int(r[6]) / 1000) for r in fl if int(r[6]) > 0]
     share = [int(r[9]) / int(r[10]) for r in fl if int(r[10]) > 0]
-    print(f"  agent CPU: median {med(per_k):.2f} ms per 1,000 flows decoded (min {min(per_k):.2f}, max {max(per_k):.2f}); "
-          f"{med(share):.3f} of all CPUs' busy time in the same windows")
+    if per_k and share:
+        print(f"  agent CPU: median {med(per_k):.2f} ms per 1,000 flows recorded (min {min(per_k):.2f}, max {max(per_k):.2f}); "
+              f"{med(share):.3f} of all CPUs' busy time in the same windows")
     for r in (r for r in rows if r[0] == "memory" and r[2] == ring):
         _, l, _, empty, full, held = r
         print(f"  memory: agent RSS {int(empty) / 2**20:.1f} MiB before the flood, {int(full) / 2**20:.1f} MiB with {int(held):,} flows held: "

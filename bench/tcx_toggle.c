@@ -9,8 +9,9 @@
  * under SAVEDIR (bpffs), writes its interface and attach type to STATEDIR, and detaches
  * the link (its pin stays, defunct). attach: makes a new link for each saved program and
  * pins it where the old one was. Run inside the node's network namespace: a tcx link
- * names its interface by ifindex. Exits non-zero, having changed nothing more, at the
- * first error. */
+ * names its interface by ifindex. detach stops at the first error (a link whose detach
+ * failed keeps no saved state); attach goes on through every saved link and exits
+ * non-zero at the end when one failed, so that a restore puts back all it can. */
 #include <bpf/bpf.h>
 #include <dirent.h>
 #include <errno.h>
@@ -45,8 +46,15 @@ static int detach(const char *link_path, const char *prog_path, const char *stat
 		fprintf(stderr, "open %s: %s\n", link_path, strerror(errno));
 		return -1;
 	}
-	if (bpf_obj_get_info_by_fd(link, info, &len) < 0 || *(uint32_t *)info != BPF_LINK_TYPE_TCX_) {
-		fprintf(stderr, "%s: not a tcx link\n", link_path);
+	if (bpf_obj_get_info_by_fd(link, info, &len) < 0) {
+		fprintf(stderr, "%s: link info: %s\n", link_path, strerror(errno));
+		return -1;
+	}
+	uint32_t type;
+
+	memcpy(&type, info, 4);
+	if (type != BPF_LINK_TYPE_TCX_) {
+		fprintf(stderr, "%s: not a tcx link (type %u)\n", link_path, type);
 		return -1;
 	}
 	memcpy(&prog_id, info + LINK_INFO_PROG_ID, 4);
@@ -68,6 +76,8 @@ static int detach(const char *link_path, const char *prog_path, const char *stat
 	}
 	if (bpf_link_detach(link) < 0) {
 		fprintf(stderr, "detach %s: %s\n", link_path, strerror(errno));
+		unlink(state_path);     /* still attached: nothing for attach to restore */
+		unlink(prog_path);
 		return -1;
 	}
 	close(prog);
@@ -81,10 +91,15 @@ static int attach(const char *link_path, const char *prog_path, const char *stat
 	FILE *f = fopen(state_path, "r");
 	int prog, link;
 
-	if (!f)
-		return 0;       /* not detached by us */
+	if (!f) {
+		if (errno == ENOENT)
+			return 0;       /* not detached by us */
+		fprintf(stderr, "open %s: %s\n", state_path, strerror(errno));
+		return -1;
+	}
 	if (fscanf(f, "%u %u", &ifindex, &attach_type) != 2) {
 		fprintf(stderr, "read %s: not 'ifindex attach_type'\n", state_path);
+		fclose(f);
 		return -1;
 	}
 	fclose(f);
@@ -114,7 +129,7 @@ int main(int argc, char **argv)
 {
 	char link_path[1024], prog_path[1024], state_path[1024];
 	struct dirent *e;
-	int n = 0, off;
+	int n = 0, failed = 0, off;
 	DIR *d;
 
 	if (argc != 5 || (strcmp(argv[1], "detach") && strcmp(argv[1], "attach"))) {
@@ -134,11 +149,15 @@ int main(int argc, char **argv)
 		/* bpffs refuses names with a dot */
 		snprintf(prog_path, sizeof(prog_path), "%s/%s_prog", argv[3], e->d_name);
 		snprintf(state_path, sizeof(state_path), "%s/%s.link", argv[4], e->d_name);
-		if ((off ? detach : attach)(link_path, prog_path, state_path) < 0)
-			return 1;
+		if ((off ? detach : attach)(link_path, prog_path, state_path) < 0) {
+			if (off)
+				return 1;
+			failed++;
+			continue;
+		}
 		n++;
 	}
 	closedir(d);
 	printf("%s %d\n", argv[1], n);
-	return 0;
+	return failed ? 1 : 0;
 }

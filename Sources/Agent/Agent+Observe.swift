@@ -140,7 +140,8 @@ extension Agent {
 
     /// Turns events the datapath could not deliver into LostEvent records: the kernel's
     /// count of events that found the ring full (PERF_EVENT_RING_BUFFER), and events read
-    /// but dropped because the decoder's queue was full (OBSERVER_EVENTS_QUEUE). Checked
+    /// but dropped because the decoder's queue was full or the reader's buffer could not
+    /// grow to take them (OBSERVER_EVENTS_QUEUE). Checked
     /// every `interval` seconds; the first reading is a baseline (events lost before this
     /// agent started were reported by the one before it).
     public nonisolated func runLostEvents(interval: Double = 1) async {

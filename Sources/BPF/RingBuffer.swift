@@ -24,6 +24,8 @@ public final class RingBufferReader: @unchecked Sendable {
     private let sink: UnsafeMutablePointer<fth_ring_sink>
     private let rb: OpaquePointer
     private let consumeLock = Mutex<Void>(())
+    /// The sink's `dropped`, published after each drain (read without waiting for one).
+    private let dropped = Atomic<Int>(0)
     private let running = Atomic<Bool>(false)
     private var thread: pthread_t?
     /// The thread's wait (fth_ring_waiter_open): epoll fd, stop pipe's read and write
@@ -69,12 +71,13 @@ public final class RingBufferReader: @unchecked Sendable {
             if n > 0 {
                 handler(RingRecords(bytes: UnsafeRawBufferPointer(start: sink.pointee.buf, count: sink.pointee.len), count: n))
             }
+            dropped.store(sink.pointee.dropped, ordering: .relaxed)
             return (n, sink.pointee.ring_bytes)
         }
     }
 
     /// Records the buffer had no room for (it could not grow), since the reader was made.
-    public var recordsDropped: Int { consumeLock.withLock { _ in sink.pointee.dropped } }
+    public var recordsDropped: Int { dropped.load(ordering: .relaxed) }
 
     /// Starts the draining thread (idempotent).
     public func start(interval milliseconds: Int32 = 50) {
@@ -154,7 +157,8 @@ private func monotonicMilliseconds() -> Int {
 }
 
 /// One drain's records, in the order the ring held them: each an
-/// UnsafeRawBufferPointer into the reader's buffer, valid during the handler's call only.
+/// UnsafeRawBufferPointer into the reader's buffer, valid during the handler's call only
+/// (copy out what is kept; the sequence itself must not outlive the call).
 public struct RingRecords: Sequence {
     /// fth_ring_sink's layout: a 4-byte length, 4 bytes of padding, the record padded to 8.
     let bytes: UnsafeRawBufferPointer

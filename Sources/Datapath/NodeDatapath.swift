@@ -581,7 +581,8 @@ public final class NodeDatapath: @unchecked Sendable {
     /// 65,536 events, or 64 drains, behind), or that the reader's buffer had no room for
     /// (it could not grow): counted so that they are reported, never lost silently.
     public var eventsDroppedFromQueues: UInt64 {
-        queueDropped.load(ordering: .relaxed) + UInt64(readerLock.withLock { $0?.recordsDropped ?? 0 })
+        let reader = readerLock.withLock { $0 }
+        return queueDropped.load(ordering: .relaxed) + UInt64(reader?.recordsDropped ?? 0)
     }
 }
 

@@ -15,7 +15,8 @@ import ObserveProto
 /// thousands of events a second and most are overwritten unread; decoding each as it came
 /// (a UUID, address strings, a protobuf message) cost the agent a quarter of a CPU under a
 /// connection benchmark, CPU that the node's traffic needed. The entries of a batch share
-/// it: recording one costs a reference, not an allocation.
+/// it: recording one costs a reference, not an allocation. A batch lives while any of its
+/// entries is in the ring (a small ring may keep a whole drain, ~4,000 raw events, for one).
 public final class FlowRing: Sendable {
     public let capacity: Int
 

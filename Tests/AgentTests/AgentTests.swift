@@ -176,21 +176,29 @@ import AgentAPI
         #expect(Agent.policyVerdict(e) == "ingress|denied|default-deny")
     }
 
-    /// Each label set has its own slot, and a slot names the same labels as the event.
+    /// Every policy verdict lands in the slot of its label set, the same strings the
+    /// metric carried before the slots (direction|action|match).
     @Test func policyVerdictsAreCountedInTheirOwnSlots() {
-        var slots = Set<Int>()
-        for reason: UInt8 in [133, 181] {
-            for direction: UInt8 in [1, 2] {
-                var e = Self.event(port: 80, reason: reason)
-                e.direction = TrafficDirection(rawValue: direction)
-                let slot = Agent.policyVerdictSlot(e)!
-                slots.insert(slot)
-                let key = Agent.policyVerdictKeys[slot]
-                #expect(key.hasPrefix(direction == 1 ? "ingress|denied|" : "egress|denied|"))
-                #expect(key.hasSuffix(reason == 181 ? "deny-rule" : "default-deny"))
+        for (direction, dir) in [(UInt8(1), "ingress"), (UInt8(2), "egress")] {
+            var deny = Self.event(port: 80, reason: 181), denied = Self.event(port: 80, reason: 133)
+            deny.direction = TrafficDirection(rawValue: direction)
+            denied.direction = deny.direction
+            #expect(Agent.policyVerdict(deny) == "\(dir)|denied|deny-rule")
+            #expect(Agent.policyVerdict(denied) == "\(dir)|denied|default-deny")
+            for (ruleRef, match) in [(UInt32(7), "rule"), (UInt32(0), "no-policy")] {
+                var new = Self.event(port: 80)
+                new.kind = .trace
+                new.reasonCode = DatapathEvent.TraceReason.new.rawValue
+                new.direction = deny.direction
+                // a trace's direction is its program's: from-container sends, from-netdev receives
+                new.observationPoint = direction == 1 ? .fromNetdev : .fromContainer
+                new.ruleRef = ruleRef
+                #expect(Agent.policyVerdict(new) == "\(dir)|allowed|\(match)")
+                new.reasonCode = DatapathEvent.TraceReason.reply.rawValue
+                #expect(Agent.policyVerdictSlot(new) == nil, "a reply is no verdict")
             }
         }
-        #expect(slots.count == 4)
+        #expect(Set(Agent.policyVerdictKeys).count == Agent.policyVerdictKeys.count)
         #expect(Agent.policyVerdictSlot(Self.event(port: 80, reason: 130)) == nil, "a drop that is not policy's")
     }
 }

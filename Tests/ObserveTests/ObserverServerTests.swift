@@ -200,7 +200,7 @@ import ObserveProto
         #expect(deferred.decodings == [0, 1, 1, 1, 1], "the overwritten one was never decoded")
         let again = ring.read(after: 4, limit: 1)
         #expect(again.entries.map(\.1.flow.uuid) == ["flow-5-seq-5"], "a second read gives the same flow")
-        // a second batch overwrites the first one's entries in turn, and they it
+        // a second batch overwrites the oldest entries: the ring now holds both batches' flows
         let next = CountingBatch([7, 8])
         ring.append(batch: next)
         #expect(ring.read(after: 0).entries.map(\.1.flow.uuid) == ["flow-5-seq-5", "flow-6-seq-6", "flow-7-seq-7", "flow-8-seq-8"])

@@ -52,8 +52,9 @@ int fth_bpf_errno(void);
  * drain's records reach the caller at once, not one callback each. Each record in `buf`
  * is a 4-byte length, 4 bytes of padding, then its bytes, padded to 8. `ring_bytes` adds
  * up what the records took in the ring (its 8-byte header included, rounded to 8);
- * `dropped` counts records that did not fit because the buffer could not grow. The
- * caller sets `len`, `ring_bytes` and `dropped` to 0 before ring_buffer__consume. */
+ * `dropped` counts records that did not fit because the buffer could not grow, since
+ * the sink was made. The caller sets `len`, `records` and `ring_bytes` to 0 before
+ * each ring_buffer__consume. */
 struct fth_ring_sink {
     uint8_t *buf;
     size_t len;
