@@ -33,8 +33,9 @@
 # it, the run cannot tell the datapath from the baseline at the bar.
 #
 # Usage: sudo bench/datapath.sh
-# Environment: ROUNDS (6; a multiple of 6 balances the order), SECS per RR/CRR sample (3), IPERF_SECS (2), FLOOD_SECS (3),
-#              ENTRIES (1000), BASE_LAB (bdbase), DP_LAB (bddp)
+# Environment: ROUNDS (6; a multiple of 6 balances the order), SECS per RR/CRR sample (3),
+#              IPERF_SECS (2), FLOOD_SECS (3), ENTRIES (1000), BASE_LAB (bdbase),
+#              DP_LAB (bddp)
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-6}
