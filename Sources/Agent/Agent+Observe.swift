@@ -133,11 +133,6 @@ extension Agent {
         }
     }
 
-    /// "direction|action|match" for events that are policy verdicts, else nil.
-    static func policyVerdict(_ e: DatapathEvent) -> String? {
-        policyVerdictSlot(e).map { policyVerdictKeys[$0] }
-    }
-
     /// Turns events the datapath could not deliver into LostEvent records: the kernel's
     /// count of events that found the ring full (PERF_EVENT_RING_BUFFER), and events read
     /// but dropped because the decoder's queue was full or the reader's buffer could not

@@ -158,6 +158,11 @@ import AgentAPI
         return e
     }
 
+    /// The label set an event is counted under, "direction|action|match" (nil: no verdict).
+    static func verdict(_ e: DatapathEvent) -> String? {
+        Agent.policyVerdictSlot(e).map { Agent.policyVerdictKeys[$0] }
+    }
+
     @Test func aDeferredFlowIsTheSameFlowOnEveryReadAndNamesItsRingSequence() {
         let e = Self.event(port: 80)
         var c = FlowContext()
@@ -173,7 +178,7 @@ import AgentAPI
         #expect(a.flow.verdict == .dropped && a.flow.trafficDirection == .ingress && a.flow.nodeName == "node1")
         #expect(a.flow.l4.tcp.destinationPort == 80, "the event at the index asked for")
         #expect(pending.response(at: 0, sequence: 6).flow.l4.tcp.destinationPort == 79)
-        #expect(Agent.policyVerdict(e) == "ingress|denied|default-deny")
+        #expect(Self.verdict(e) == "ingress|denied|default-deny")
     }
 
     /// Every policy verdict lands in the slot of its label set, the same strings the
@@ -183,8 +188,8 @@ import AgentAPI
             var deny = Self.event(port: 80, reason: 181), denied = Self.event(port: 80, reason: 133)
             deny.direction = TrafficDirection(rawValue: direction)
             denied.direction = deny.direction
-            #expect(Agent.policyVerdict(deny) == "\(dir)|denied|deny-rule")
-            #expect(Agent.policyVerdict(denied) == "\(dir)|denied|default-deny")
+            #expect(Self.verdict(deny) == "\(dir)|denied|deny-rule")
+            #expect(Self.verdict(denied) == "\(dir)|denied|default-deny")
             for (ruleRef, match) in [(UInt32(7), "rule"), (UInt32(0), "no-policy")] {
                 var new = Self.event(port: 80)
                 new.kind = .trace
@@ -193,7 +198,7 @@ import AgentAPI
                 // a trace's direction is its program's: from-container sends, from-netdev receives
                 new.observationPoint = direction == 1 ? .fromNetdev : .fromContainer
                 new.ruleRef = ruleRef
-                #expect(Agent.policyVerdict(new) == "\(dir)|allowed|\(match)")
+                #expect(Self.verdict(new) == "\(dir)|allowed|\(match)")
                 new.reasonCode = DatapathEvent.TraceReason.reply.rawValue
                 #expect(Agent.policyVerdictSlot(new) == nil, "a reply is no verdict")
             }
