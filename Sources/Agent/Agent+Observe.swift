@@ -84,31 +84,38 @@ extension Agent {
 
     /// Records every datapath event as a flow, off the actor: the monitor ring, the flow
     /// ring and the counters are behind their own locks, the context is a snapshot. Events
-    /// come a drain at a time; a drain goes into the flow ring as one batch with the
-    /// context of its moment, each event decoded only when read (`PendingFlows`). The
-    /// counters are counted per batch in fixed slots, then added to the metrics once.
+    /// come a drain at a time, on the ring reader's thread (NodeDatapath.handleEventBatches:
+    /// no wake-up of another thread per drain); a drain goes into the flow ring as one batch
+    /// with the context of its moment, each event decoded only when read (`PendingFlows`).
+    /// The counters are counted per batch in fixed slots, then added to the metrics once.
+    /// Returns when the task is cancelled.
     public nonisolated func runEvents() async {
         guard let datapath = await datapath else { return }
         await publishFlowContext()
         let decoder = FlowDecoder()
         let run = UInt64.random(in: 0...UInt64.max)
-        for await batch in datapath.eventBatches() {
-            recentEvents.withLock { r in for e in batch { r.append(e) } }
-            let context = FlowContextSnapshot(flowContext.withLock { $0 })
-            flows.append(batch: PendingFlows(events: batch, context: context, decoder: decoder, run: run))
-            var drops: UInt64 = 0
-            var verdicts = [UInt64](repeating: 0, count: Self.policyVerdictKeys.count)
-            for e in batch {
-                if e.kind == .drop { drops += 1 }
-                if let v = Self.policyVerdictSlot(e) { verdicts[v] += 1 }
-            }
-            let traces = UInt64(batch.count) - drops
-            observeStats.withLock { s in
-                if drops > 0 { s.flows["Drop|DROPPED", default: 0] += drops }
-                if traces > 0 { s.flows["Trace|FORWARDED", default: 0] += traces }
-                for (slot, n) in verdicts.enumerated() where n > 0 {
-                    s.policyVerdicts[Self.policyVerdictKeys[slot], default: 0] += n
-                }
+        await datapath.handleEventBatches { [self] batch in record(batch, decoder: decoder, run: run) }
+    }
+
+    /// Files one drain's events: the monitor ring, the flow ring, the counters.
+    nonisolated func record(_ batch: EventBatch, decoder: FlowDecoder, run: UInt64) {
+        recentEvents.withLock { $0.append(batch) }
+        let context = FlowContextSnapshot(flowContext.withLock { $0 })
+        flows.append(batch: PendingFlows(events: batch, context: context, decoder: decoder, run: run))
+        var drops: UInt64 = 0
+        var verdicts = [UInt64](repeating: 0, count: Self.policyVerdictKeys.count)
+        // by index: the batch's own subscript, not a generic iterator across modules
+        for i in 0..<batch.count {
+            let e = batch[i]
+            if e.kind == .drop { drops += 1 }
+            if let v = Self.policyVerdictSlot(e) { verdicts[v] += 1 }
+        }
+        let traces = UInt64(batch.count) - drops
+        observeStats.withLock { s in
+            if drops > 0 { s.flows["Drop|DROPPED", default: 0] += drops }
+            if traces > 0 { s.flows["Trace|FORWARDED", default: 0] += traces }
+            for (slot, n) in verdicts.enumerated() where n > 0 {
+                s.policyVerdicts[Self.policyVerdictKeys[slot], default: 0] += n
             }
         }
     }
@@ -244,12 +251,12 @@ final class FlowContextSnapshot: Sendable {
 /// One drain's datapath events in the flow ring, each decoded when a reader asks, with
 /// the context of the moment they were recorded (an endpoint deleted since is still named).
 final class PendingFlows: DeferredFlowBatch {
-    let events: [DatapathEvent]
+    let events: EventBatch
     let context: FlowContextSnapshot
     let decoder: FlowDecoder
     let run: UInt64
 
-    init(events: [DatapathEvent], context: FlowContextSnapshot, decoder: FlowDecoder, run: UInt64) {
+    init(events: EventBatch, context: FlowContextSnapshot, decoder: FlowDecoder, run: UInt64) {
         self.events = events
         self.context = context
         self.decoder = decoder

@@ -2,34 +2,58 @@ import Foundation
 import AgentAPI
 import Datapath
 
-/// The most recent datapath events, numbered. A fixed ring of the raw events: recording
-/// costs the same however full it is, and nothing is formatted until someone asks (a busy
-/// node records tens of thousands of events a second).
+/// The most recent datapath events, numbered: the last `capacity` of them, kept as the
+/// batches they were read in (a drain of the ring buffer, EventBatch). Recording a batch
+/// costs the same however many events it holds, and nothing is decoded or formatted until
+/// someone asks (a busy node records tens of thousands of events a second).
 struct EventRing: Sendable {
-    private var slots: [DatapathEvent?]
+    private struct Held {
+        /// The number of the batch's first event.
+        let first: UInt64
+        let events: EventBatch
+        var end: UInt64 { first + UInt64(events.count) }
+    }
+
+    /// Batches from `head` on, oldest first; the ones before `head` are gone.
+    private var batches: [Held] = []
+    private var head = 0
+    let capacity: Int
     /// Sequence number of the newest event (0: none yet).
     private(set) var newest: UInt64 = 0
 
     init(capacity: Int) {
         precondition(capacity > 0)
-        slots = Array(repeating: nil, count: capacity)
+        self.capacity = capacity
     }
 
-    var capacity: Int { slots.count }
+    /// The oldest event held.
+    private var oldest: UInt64 { newest >= UInt64(capacity) ? newest - UInt64(capacity) + 1 : 1 }
 
-    mutating func append(_ event: DatapathEvent) {
-        newest += 1
-        slots[Int(newest % UInt64(slots.count))] = event
+    mutating func append(_ batch: EventBatch) {
+        guard !batch.isEmpty else { return }
+        batches.append(Held(first: newest + 1, events: batch))
+        newest += UInt64(batch.count)
+        // let go of batches with no event among the newest `capacity`
+        let keep = oldest
+        while batches[head].end <= keep { head += 1 }
+        if head >= 32 && head * 2 >= batches.count {
+            batches.removeFirst(head)
+            head = 0
+        }
     }
+
+    mutating func append(_ event: DatapathEvent) { append(EventBatch(events: [event])) }
 
     /// Events numbered above `sequence`, oldest first, at most `limit`.
     func events(after sequence: UInt64, limit: Int) -> [MonitorEvent] {
-        let oldest = newest >= UInt64(slots.count) ? newest - UInt64(slots.count) + 1 : 1
         var s = max(sequence + 1, oldest)
         var out: [MonitorEvent] = []
         let clock = WallClock()
+        var i = head
         while s <= newest && out.count < limit {
-            if let e = slots[Int(s % UInt64(slots.count))] { out.append(Self.monitorEvent(e, sequence: s, clock: clock)) }
+            while batches[i].end <= s { i += 1 }
+            let b = batches[i]
+            out.append(Self.monitorEvent(b.events[Int(s - b.first)], sequence: s, clock: clock))
             s += 1
         }
         return out

@@ -161,7 +161,7 @@ private func monotonicMilliseconds() -> Int {
 /// (copy out what is kept; the sequence itself must not outlive the call).
 public struct RingRecords: Sequence {
     /// fth_ring_sink's layout: a 4-byte length, 4 bytes of padding, the record padded to 8.
-    let bytes: UnsafeRawBufferPointer
+    public let bytes: UnsafeRawBufferPointer
     /// How many records the drain read (for reserving room; the iterator goes by `bytes`).
     public let count: Int
 

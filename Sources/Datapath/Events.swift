@@ -1,3 +1,4 @@
+import BPF
 import Model
 
 /// A decoded datapath event (`struct fth_event` of bpf/lib/events.h).
@@ -38,6 +39,13 @@ public struct DatapathEvent: Sendable, Hashable {
     /// Bytes of the record; a 56-byte record (before the frontend id) still decodes.
     static let size = 60
     static let minimumSize = 56
+    /// Bytes of `struct fth_event` as the programs write it (the last 4 are padding).
+    static let recordSize = 64
+
+    /// Whether a record of `bytes` decodes: long enough, of a known kind.
+    static func decodes(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        bytes.count >= minimumSize && Kind(rawValue: bytes[0]) != nil
+    }
 
     init?(bytes b: UnsafeRawBufferPointer) {
         guard b.count >= Self.minimumSize, let kind = Kind(rawValue: b[0]) else { return nil }
@@ -64,5 +72,89 @@ public struct DatapathEvent: Sendable, Hashable {
         let xlated = u32(52)
         translatedSource = xlated == 0 ? nil : IPv4Address(wire: xlated)
         frontendID = b.count >= Self.size ? u16(56) : 0
+    }
+}
+
+extension DatapathEvent {
+    /// The event as the programs write it: `struct fth_event`, 64 bytes (an unknown
+    /// observation point or direction is written as 0).
+    public var record: [UInt8] {
+        var b = [UInt8](repeating: 0, count: Self.recordSize)
+        b.withUnsafeMutableBytes { p in
+            func put<T>(_ v: T, _ o: Int) { p.storeBytes(of: v, toByteOffset: o, as: T.self) }
+            put(kind.rawValue, 0)
+            put(reasonCode, 1)
+            put(observationPoint?.rawValue ?? 0, 2)
+            put(direction?.rawValue ?? 0, 3)
+            put(ifindex, 4)
+            put(timestamp, 8)
+            put(sourceIdentity, 16)
+            put(destinationIdentity, 20)
+            put(source.wire, 24)
+            put(destination.wire, 28)
+            put(sourcePort, 32)
+            put(destinationPort, 34)
+            put(proto, 36)
+            put(tcpFlags, 37)
+            put(verdict, 38)
+            put(endpointID, 40)
+            put(ruleRef, 44)
+            put(length, 48)
+            put(translatedSource?.wire ?? 0, 52)
+            put(frontendID, 56)
+        }
+        return b
+    }
+}
+
+/// One drain of the events ring, kept as it was read: the records' bytes, and where each
+/// record that decodes lies. An event is decoded (`subscript`) only when it is asked for:
+/// a busy node reads tens of thousands of events a second, and keeps them as flows that
+/// are mostly never read. Making one is a copy of the drain and one pass over its lengths.
+public final class EventBatch: RandomAccessCollection, Sendable {
+    private let bytes: [UInt8]
+    /// Each decodable record's offset in `bytes` and length.
+    private let spans: [Span]
+
+    private struct Span: Sendable {
+        let offset: UInt32
+        let length: UInt32
+    }
+
+    /// A drain's records (fth_ring_sink's layout); records that do not decode (too short,
+    /// an unknown kind) are left out.
+    public init(_ records: RingRecords) {
+        let base = records.bytes
+        var spans: [Span] = []
+        spans.reserveCapacity(records.count)
+        for r in records where DatapathEvent.decodes(r) {
+            spans.append(Span(offset: UInt32(r.baseAddress! - base.baseAddress!), length: UInt32(r.count)))
+        }
+        self.bytes = [UInt8](base)
+        self.spans = spans
+    }
+
+    /// Events already decoded, as records again (tests; a batch made by hand).
+    public init(events: [DatapathEvent]) {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(events.count * DatapathEvent.recordSize)
+        var spans: [Span] = []
+        for e in events {
+            spans.append(Span(offset: UInt32(bytes.count), length: UInt32(DatapathEvent.recordSize)))
+            bytes += e.record
+        }
+        self.bytes = bytes
+        self.spans = spans
+    }
+
+    public var startIndex: Int { 0 }
+    public var endIndex: Int { spans.count }
+
+    public subscript(position: Int) -> DatapathEvent {
+        let s = spans[position]
+        return bytes.withUnsafeBytes { b in
+            // every span was checked to decode when the batch was made
+            DatapathEvent(bytes: UnsafeRawBufferPointer(rebasing: b[Int(s.offset)..<Int(s.offset + s.length)]))!
+        }
     }
 }

@@ -43,7 +43,8 @@ public final class NodeDatapath: @unchecked Sendable {
 
     private var linkDirectory: String { config.pinDirectory + "/links" }
     private let subscribers = Mutex<[Int: AsyncStream<DatapathEvent>.Continuation]>([:])
-    private let batchSubscribers = Mutex<[Int: AsyncStream<[DatapathEvent]>.Continuation]>([:])
+    private let batchSubscribers = Mutex<[Int: AsyncStream<EventBatch>.Continuation]>([:])
+    private let batchHandlers = Mutex<[Int: @Sendable (EventBatch) -> Void]>([:])
     private let nextSubscriber = Atomic<Int>(0)
     private let queueDropped = Atomic<UInt64>(0)
     private let readerLock = Mutex<RingBufferReader?>(nil)
@@ -517,17 +518,36 @@ public final class NodeDatapath: @unchecked Sendable {
 
     /// The same events, as the batches one drain of the ring buffer read: the stream a
     /// busy consumer wants (one wake-up per drain, not per event; the agent's flow
-    /// decoding), and the one that keeps up with tens of thousands of events a second.
-    public func eventBatches() -> AsyncStream<[DatapathEvent]> {
+    /// decoding), and the one that keeps up with tens of thousands of events a second. A
+    /// batch holds the records as read and decodes an event when it is asked for.
+    public func eventBatches() -> AsyncStream<EventBatch> {
         let id = nextSubscriber.wrappingAdd(1, ordering: .relaxed).oldValue
         // 64 drains of up to a full ring (256 KiB / 64-byte events) each
-        let (stream, continuation) = AsyncStream<[DatapathEvent]>.makeStream(bufferingPolicy: .bufferingNewest(64))
+        let (stream, continuation) = AsyncStream<EventBatch>.makeStream(bufferingPolicy: .bufferingNewest(64))
         continuation.onTermination = { [weak self] _ in
             _ = self?.batchSubscribers.withLock { $0.removeValue(forKey: id) }
         }
         batchSubscribers.withLock { $0[id] = continuation }
         try? reader().start(interval: eventDrainInterval)
         return stream
+    }
+
+    /// Calls `handler` with each drain's batch on the reader's own thread, from now until
+    /// the calling task is cancelled. No hop to another thread per drain, as a stream's
+    /// consumer takes (a wake-up and a context switch on a CPU beside the traffic's, for a
+    /// consumer that only files the batch away, as the agent does). The handler must be
+    /// quick and must not wait for a drain (flushEvents).
+    public func handleEventBatches(_ handler: @escaping @Sendable (EventBatch) -> Void) async {
+        let id = nextSubscriber.wrappingAdd(1, ordering: .relaxed).oldValue
+        batchHandlers.withLock { $0[id] = handler }
+        defer { _ = batchHandlers.withLock { $0.removeValue(forKey: id) } }
+        try? reader().start(interval: eventDrainInterval)
+        let (stop, finish) = AsyncStream<Void>.makeStream()
+        await withTaskCancellationHandler {
+            for await _ in stop {}
+        } onCancel: {
+            finish.finish()
+        }
     }
 
     /// Drains the ring buffer now (instead of waiting for the next tick); returns the
@@ -548,19 +568,14 @@ public final class NodeDatapath: @unchecked Sendable {
         try readerLock.withLock { r in
             if let r { return r }
             let new = try RingBufferReader(map: eventsMap) { [weak self] records in
-                var batch: [DatapathEvent] = []
-                batch.reserveCapacity(records.count)
-                for bytes in records {
-                    if let event = DatapathEvent(bytes: bytes) { batch.append(event) }
-                }
-                self?.dispatch(batch)
+                self?.dispatch(EventBatch(records))
             }
             r = new
             return new
         }
     }
 
-    private func dispatch(_ batch: [DatapathEvent]) {
+    private func dispatch(_ batch: EventBatch) {
         guard !batch.isEmpty else { return }
         flushBuffer.withLock { $0?.append(contentsOf: batch) }
         subscribers.withLock { subs in
@@ -575,6 +590,9 @@ public final class NodeDatapath: @unchecked Sendable {
                 if case .dropped(let old) = s.yield(batch) { queueDropped.wrappingAdd(UInt64(old.count), ordering: .relaxed) }
             }
         }
+        // called outside the lock: a handler's work does not hold up registering another
+        let handlers = batchHandlers.withLock { $0.isEmpty ? [] : Array($0.values) }
+        for h in handlers { h(batch) }
     }
 
     /// Events read from the ring that a subscriber's queue had no room for (it fell

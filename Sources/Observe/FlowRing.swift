@@ -3,30 +3,54 @@ import SwiftProtobuf
 import ObserveProto
 
 /// The most recent flows (and lost-event records) of one node, numbered, in a ring of fixed
-/// capacity, as Hubble's ring buffer: appending never blocks and never allocates once the
-/// ring is full; the oldest entry is overwritten.
+/// capacity, as Hubble's ring buffer: appending never blocks, and the oldest entry is
+/// overwritten.
 ///
 /// Readers keep a cursor (a sequence number). A reader that falls behind by more than the
 /// capacity has lost entries: `read(after:)` tells it how many, so the server can say so in
 /// a `LostEvent` (HUBBLE_RING_BUFFER) instead of skipping them silently.
 ///
-/// An entry may be one flow of a `DeferredFlowBatch`: raw events and what is needed to
-/// decode them, turned into a flow only when a reader asks. A busy node records tens of
-/// thousands of events a second and most are overwritten unread; decoding each as it came
-/// (a UUID, address strings, a protobuf message) cost the agent a quarter of a CPU under a
-/// connection benchmark, CPU that the node's traffic needed. The entries of a batch share
-/// it: recording one costs a reference, not an allocation. A batch lives while any of its
+/// Entries come in batches (an entry appended alone is a batch of one). An entry may be
+/// one flow of a `DeferredFlowBatch`: raw events and what is needed to decode them, turned
+/// into a flow only when a reader asks. A busy node records tens of thousands of events a
+/// second and most are overwritten unread; decoding each as it came (a UUID, address
+/// strings, a protobuf message) cost the agent a quarter of a CPU under a connection
+/// benchmark, CPU that the node's traffic needed. A batch is held once, in a ring of
+/// batches beside the entries, and each of its entries records only the batch's number: no
+/// allocation and no reference count per entry (the agent's CPU is taken from the
+/// traffic's even on another vCPU: bench/cpu_coupling.sh). A batch lives while any of its
 /// entries is in the ring (a small ring may keep a whole drain, ~4,000 raw events, for one).
 public final class FlowRing: Sendable {
     public let capacity: Int
 
-    private enum Slot {
-        case ready(Observer_GetFlowsResponse)
-        case deferred(any DeferredFlowBatch, index: Int)
+    /// A batch, its number (from 1), and the sequence numbers of its first and last entries.
+    private struct Batch {
+        let number: UInt64
+        let first: UInt64
+        let last: UInt64
+        let flows: any DeferredFlowBatch
+    }
+
+    /// An entry appended on its own: a batch of one, decoded already.
+    private final class Ready: DeferredFlowBatch {
+        let entry: Observer_GetFlowsResponse
+        init(_ entry: Observer_GetFlowsResponse) { self.entry = entry }
+        var count: Int { 1 }
+        func response(at index: Int, sequence: UInt64) -> Observer_GetFlowsResponse { entry }
     }
 
     private struct State {
-        var slots: [Slot?]
+        /// Per entry (sequence % capacity): the number of the batch holding it, 0 = none.
+        var slots: [UInt64]
+        /// Batch n at n % capacity, from its append until its last entry is overwritten
+        /// (then it is let go: a drain's events are not kept for entries that are gone).
+        /// Batch n + capacity never comes before that: each of the capacity batches after n
+        /// (n + capacity included) appends at least one entry, so at least capacity entries
+        /// are newer than n's last one.
+        var batches: [Batch?]
+        var batchesAppended: UInt64 = 0
+        /// The oldest batch not let go yet.
+        var oldestBatch: UInt64 = 1
         /// Sequence number of the newest entry; entries are numbered from 1.
         var newest: UInt64 = 0
         var waiters: [Int: AsyncStream<Void>.Continuation] = [:]
@@ -38,7 +62,7 @@ public final class FlowRing: Sendable {
     public init(capacity: Int = 4095) {
         precondition(capacity > 0, "a flow ring needs room for at least one flow")
         self.capacity = capacity
-        state = Mutex(State(slots: Array(repeating: nil, count: capacity)))
+        state = Mutex(State(slots: Array(repeating: 0, count: capacity), batches: Array(repeating: nil, count: capacity)))
     }
 
     /// Entries ever appended (Hubble's `seen_flows`, lost-event records included).
@@ -48,12 +72,7 @@ public final class FlowRing: Sendable {
     public var count: Int { state.withLock { Int(min($0.newest, UInt64(capacity))) } }
 
     public func append(_ entry: Observer_GetFlowsResponse) {
-        let waiters = state.withLock { s -> [AsyncStream<Void>.Continuation] in
-            s.newest += 1
-            s.slots[Int(s.newest % UInt64(capacity))] = .ready(entry)
-            return s.waiters.isEmpty ? [] : Array(s.waiters.values)
-        }
-        for w in waiters { w.yield() }
+        append(batch: Ready(entry))
     }
 
     /// Appends a batch's flows, to be decoded when read, in order, waking followers once.
@@ -61,9 +80,21 @@ public final class FlowRing: Sendable {
         let count = batch.count
         guard count > 0 else { return }
         let waiters = state.withLock { s -> [AsyncStream<Void>.Continuation] in
-            for index in 0..<count {
-                s.newest += 1
-                s.slots[Int(s.newest % UInt64(capacity))] = .deferred(batch, index: index)
+            let cap = UInt64(capacity)
+            s.batchesAppended += 1
+            let number = s.batchesAppended
+            let last = s.newest + UInt64(count)
+            s.batches[Int(number % cap)] = Batch(number: number, first: s.newest + 1, last: last, flows: batch)
+            // only the newest `capacity` entries can be held
+            let oldest = last >= cap ? last - cap + 1 : 1
+            s.slots.withUnsafeMutableBufferPointer { slots in
+                for seq in max(s.newest + 1, oldest)...last { slots[Int(seq % cap)] = number }
+            }
+            s.newest = last
+            // let go of the batches whose entries are all overwritten now
+            while s.oldestBatch < number, let b = s.batches[Int(s.oldestBatch % cap)], b.number == s.oldestBatch, b.last < oldest {
+                s.batches[Int(s.oldestBatch % cap)] = nil
+                s.oldestBatch += 1
             }
             return s.waiters.isEmpty ? [] : Array(s.waiters.values)
         }
@@ -79,25 +110,26 @@ public final class FlowRing: Sendable {
     /// after `cursor` were overwritten before this read (0 when the reader kept up).
     /// Deferred entries are decoded here, outside the ring's lock.
     public func read(after cursor: UInt64, limit: Int = .max) -> (entries: [(UInt64, Observer_GetFlowsResponse)], lost: UInt64) {
-        let (slots, lost) = state.withLock { s -> ([(UInt64, Slot)], UInt64) in
-            let oldest = s.newest >= UInt64(capacity) ? s.newest - UInt64(capacity) + 1 : 1
+        let (held, lost) = state.withLock { s -> ([(UInt64, any DeferredFlowBatch, Int)], UInt64) in
+            let cap = UInt64(capacity)
+            let oldest = s.newest >= cap ? s.newest - cap + 1 : 1
             let start = max(cursor + 1, oldest)
             let lost = start > cursor + 1 ? start - cursor - 1 : 0
             guard start <= s.newest else { return ([], lost) }
             let end = min(s.newest, start &+ UInt64(max(0, limit - 1)))
-            var out: [(UInt64, Slot)] = []
+            var out: [(UInt64, any DeferredFlowBatch, Int)] = []
             out.reserveCapacity(Int(end - start + 1))
             for seq in start...end {
-                if let e = s.slots[Int(seq % UInt64(capacity))] { out.append((seq, e)) }
+                let number = s.slots[Int(seq % cap)]
+                guard number != 0 else { continue }
+                guard let b = s.batches[Int(number % cap)], b.number == number else {
+                    preconditionFailure("flow \(seq) of batch \(number), which the ring no longer holds")
+                }
+                out.append((seq, b.flows, Int(seq - b.first)))
             }
             return (out, lost)
         }
-        return (slots.map { seq, slot in
-            switch slot {
-            case .ready(let r): (seq, r)
-            case .deferred(let batch, let index): (seq, batch.response(at: index, sequence: seq))
-            }
-        }, lost)
+        return (held.map { seq, batch, index in (seq, batch.response(at: index, sequence: seq)) }, lost)
     }
 
     /// The newest sequence number (0: nothing appended yet).

@@ -144,6 +144,23 @@ import AgentAPI
         #expect(ring.events(after: 0, limit: 2).map(\.sequence) == [7, 8])
         #expect(ring.events(after: 10, limit: 5).isEmpty)
     }
+
+    /// Batches of several sizes: the newest `capacity` events, across batch boundaries,
+    /// each from its own batch at its own place.
+    @Test func keepsTheNewestAcrossBatches() {
+        var ring = EventRing(capacity: 4)
+        var all: [UInt16] = []
+        for (i, size) in [3, 1, 5, 0, 2, 7, 1, 1, 1, 4].enumerated() {
+            let ports = (0..<size).map { UInt16(i * 10 + $0) }
+            ring.append(EventBatch(events: ports.map { event($0) }))
+            all += ports
+            let held = ring.events(after: 0, limit: 100)
+            #expect(held.map(\.destinationPort) == Array(all.suffix(4)), "after batch \(i)")
+            #expect(held.map(\.sequence) == Array(UInt64(all.count - min(all.count, 4) + 1)...UInt64(all.count)))
+            #expect(ring.newest == UInt64(all.count))
+        }
+        #expect(ring.events(after: UInt64(all.count - 2), limit: 1).map(\.destinationPort) == [all[all.count - 2]])
+    }
 }
 
 @Suite struct PendingFlowTests {
@@ -167,7 +184,7 @@ import AgentAPI
         let e = Self.event(port: 80)
         var c = FlowContext()
         c.nodeName = "node1"
-        let pending = PendingFlows(events: [Self.event(port: 79), e], context: FlowContextSnapshot(c), decoder: FlowDecoder(),
+        let pending = PendingFlows(events: EventBatch(events: [Self.event(port: 79), e]), context: FlowContextSnapshot(c), decoder: FlowDecoder(),
                                    run: 0x0123_4567_89ab_cdef)
         #expect(pending.count == 2)
         let a = pending.response(at: 1, sequence: 7), b = pending.response(at: 1, sequence: 7)

@@ -206,6 +206,54 @@ import ObserveProto
         #expect(ring.read(after: 0).entries.map(\.1.flow.uuid) == ["flow-5-seq-5", "flow-6-seq-6", "flow-7-seq-7", "flow-8-seq-8"])
     }
 
+    /// Batches of every size (none, one, more than the ring holds) with single entries
+    /// between them, against a list of everything appended: every read gives the newest
+    /// `capacity` entries, each decoded from its own batch at its own index, however the
+    /// batches fall on the ring's slots and however many batches the ring has seen.
+    @Test func batchesOfAnySizeReadBackAsTheyWereAppended() {
+        for capacity in [1, 3, 5] {
+            let ring = FlowRing(capacity: capacity)
+            var all: [String] = []      // every entry's UUID, by sequence number - 1
+            for step in 0..<300 {
+                if step % 7 == 3 {
+                    var f = Self.flow(step)
+                    f.uuid = "single-\(step)"
+                    ring.append(.flow(f))
+                    all.append(f.uuid)
+                } else {
+                    let size = [0, 1, 2, capacity, capacity + 2, 1][step % 6]
+                    let numbers = (0..<size).map { step * 100 + $0 }
+                    ring.append(batch: CountingBatch(numbers))
+                    for n in numbers { all.append("flow-\(n)-seq-\(all.count + 1)") }
+                }
+                let held = Array(all.suffix(capacity))
+                let (entries, lost) = ring.read(after: 0)
+                #expect(entries.map(\.1.flow.uuid) == held, "capacity \(capacity), step \(step)")
+                #expect(entries.map(\.0) == (0..<held.count).map { UInt64(all.count - held.count + 1 + $0) })
+                #expect(lost == UInt64(all.count - held.count))
+                #expect(ring.seen == UInt64(all.count))
+            }
+        }
+    }
+
+    /// A drain's batch is held while any of its entries is, and let go after: a ring of
+    /// 4,095 flows must not keep 4,095 drains of raw events alive.
+    @Test func aBatchIsLetGoOnceItsEntriesAreOverwritten() {
+        let ring = FlowRing(capacity: 4)
+        weak var first: CountingBatch?
+        do {
+            let b = CountingBatch([1, 2, 3])
+            first = b
+            ring.append(batch: b)
+        }
+        ring.append(batch: CountingBatch([4, 5, 6]))
+        #expect(first != nil, "its entry 3 is still held")
+        ring.append(.flow(Self.flow(7)))
+        ring.append(batch: CountingBatch([8]))
+        #expect(first == nil, "its last entry was overwritten")
+        #expect(ring.read(after: 0).entries.map(\.1.flow.uuid) == ["flow-5-seq-5", "flow-6-seq-6", "flow-7", "flow-8-seq-8"])
+    }
+
     @Test func badFiltersAndWindowsAreInvalidArgument() async throws {
         let ring = FlowRing(capacity: 4)
         try await withServer(ring: ring) { path, _ in
