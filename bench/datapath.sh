@@ -30,7 +30,8 @@
 # a ratio of two medians mixes samples from different spells (bench/README.md: over the
 # same hour's runs it spread about three times as wide as the paired ratio). Beside it, a
 # 90% bootstrap interval of the paired ratio (rounds resampled): when the bar lies inside
-# it, the run cannot tell the datapath from the baseline at the bar.
+# it, the run cannot tell the datapath from the baseline at the bar. Also the other vCPUs'
+# busy share during the CRR samples of each path: the agents' event decoding runs there.
 #
 # Usage: sudo bench/datapath.sh
 # Environment: ROUNDS (6; a multiple of 6 balances the order), SECS per RR/CRR sample (3),
@@ -220,6 +221,10 @@ for state in off on; do
   if [ "$state" = on ] && [ "$c1" = "$c0" ]; then echo "programs do not run after attaching again" >&2; exit 1; fi
 done
 
+# busy and total clock ticks of every CPU but CPU 0 (where the samples run): the agents
+# decode events there, and on this VM work on one vCPU slows the other (cpu_coupling.sh)
+other_cpus() { awk '/^cpu[0-9]/ && $1 != "cpu0" { b += $2+$3+$4+$7+$8; t += $2+$3+$4+$5+$6+$7+$8+$9 } END { print b, t }' /proc/stat; }
+
 measure() { # metric path -> value
   local m="$1" p="$2" limit=$((${SECS%.*} + IPERF_SECS + 30))
   case "$m" in
@@ -251,9 +256,12 @@ for r in $(seq "$ROUNDS"); do
       for k in "${order[@]}"; do
         p="$k-$kind"
         case "$k" in d) programs on ;; o) programs off ;; esac
+        read -r ob0 ot0 < <(other_cpus)
         v="$(measure "$m" "$p")"
+        read -r ob1 ot1 < <(other_cpus)
         [ -n "$v" ] || { echo "no result for $m $p round $r" >&2; exit 1; }
         echo "$m $p $r $v" >>"$tmp/results"
+        echo "$m $p $r $((ob1 - ob0)) $((ot1 - ot0))" >>"$tmp/other_cpus"
       done
     done
   done
@@ -280,10 +288,14 @@ done
 dr1="$(denied)"
 echo "flood $flood ev $ev0 $ev1 denied $dr0 $dr1" >>"$tmp/results"
 
-python3 - "$tmp/results" "$FLOOD_SECS" <<'PY'
+python3 - "$tmp/results" "$FLOOD_SECS" "$tmp/other_cpus" <<'PY'
 import random, statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 flood_secs = float(sys.argv[2])
+other = {}
+for m, p, r, busy_ticks, total_ticks in (l.split() for l in open(sys.argv[3])):
+    if int(total_ticks) > 0:
+        other.setdefault((m, p), []).append(int(busy_ticks) / int(total_ticks))
 data, flood, byround = {}, None, {}
 for row in rows:
     if row[0] == "flood":
@@ -344,6 +356,13 @@ for what, x, of_medians, (lo, hi), bar_at, bar, goal, rule in verdicts:
           f"  goal: {'MET' if goal else 'missed'}   ({rule}){noise}")
 if busy:
     print("Some min-max ranges exceed 25% of the median: busy machine; trust ratios less.")
+print("\nThe other vCPUs' busy share during the CRR samples (median; the agents decode the subject's")
+print("events there, and on a VM whose vCPUs share host cores that slows CPU 0: bench/cpu_coupling.sh):")
+for kind in ("same", "cross"):
+    short = {"d": "subject", "o": "detached", "b": "other lab"}
+    shares = [f"{short[k]} {100 * statistics.median(other[('crr', f'{k}-{kind}')]):.1f} %"
+              for k in ("d", "o", "b") if other.get(("crr", f"{k}-{kind}"))]
+    print(f"  CRR {kind:<6}" + "   ".join(shares))
 print("\nAgainst the other lab (paired ratio [90% interval]): the subject, and its own lab with the")
 print("programs detached (an A/A control: two program-free paths in two labs; what a lab pair alone")
 print("moves a ratio in this run):")
