@@ -31,11 +31,11 @@ done
 NS="bdcpl-$$"
 OTHER=$(( $(nproc) - 1 ))
 tmp="$(mktemp -d /tmp/bd-coupling.XXXXXX)"
-PIDS=()
+SERVER=""
+SPINNER=""   # the spinner running now, if any
 cleanup() {
   set +e
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+  for p in $SPINNER $SERVER; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   ip netns del "$NS" 2>/dev/null
   rm -rf "$tmp"
 }
@@ -47,7 +47,7 @@ gcc -O2 -Wall -o "$tmp/spin" "$here/spin.c"
 ip netns add "$NS"
 ip -n "$NS" link set lo up
 ip netns exec "$NS" taskset -c 0 "$tmp/rr" server "$PORT" &
-PIDS+=($!)
+SERVER=$!
 for _ in $(seq 50); do
   ip netns exec "$NS" "$tmp/rr" rr 127.0.0.1 "$PORT" 0.01 >/dev/null 2>&1 && break
   sleep 0.1
@@ -61,15 +61,17 @@ echo "CRR over loopback, client and server on CPU 0; spinner on CPU $OTHER: ${BU
 for r in $(seq "$ROUNDS"); do
   order="idle spin"; (( r % 2 )) || order="spin idle"
   for k in $order; do
-    sp=""
     if [ "$k" = spin ]; then
       taskset -c "$OTHER" "$tmp/spin" "$BUSY_MS" "$PERIOD_MS" &
-      sp=$!; PIDS+=("$sp")
+      SPINNER=$!
     fi
     read -r b0 t0 < <(busy_other)
     v="$(ip netns exec "$NS" taskset -c 0 "$tmp/rr" crr 127.0.0.1 "$PORT" "$SECS" | awk '{print $1}')"
     read -r b1 t1 < <(busy_other)
-    [ -n "$sp" ] && { kill "$sp"; wait "$sp" 2>/dev/null || true; }
+    if [ -n "$SPINNER" ]; then
+      kill "$SPINNER"; wait "$SPINNER" 2>/dev/null || true
+      SPINNER=""
+    fi
     [ -n "$v" ] || { echo "no result in round $r ($k)" >&2; exit 1; }
     echo "$r $k $v $((b1 - b0)) $((t1 - t0))" >>"$tmp/results"
   done

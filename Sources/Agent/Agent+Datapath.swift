@@ -307,7 +307,10 @@ extension Agent {
     // MARK: events and maintenance
 
     func events(after: UInt64, limit: Int) -> [MonitorEvent] {
-        recentEvents.withLock { $0.events(after: after, limit: max(1, min(limit, $0.capacity))) }
+        // a copy (batches by reference) formatted outside the lock: the ring reader's thread
+        // takes it to file each drain
+        let ring = recentEvents.withLock { $0 }
+        return ring.events(after: after, limit: max(1, min(limit, ring.capacity)))
     }
 
     /// Expired conntrack entries and unused identities are collected here.

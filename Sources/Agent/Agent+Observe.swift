@@ -54,7 +54,9 @@ extension Agent {
                                 by.egress.compactMap { ref($0, rule: "default-deny") })
         }
         addServices(to: &c)
-        flowContext.withLock { $0 = c }
+        // swapped, so that the old context is let go after the lock (the ring reader's
+        // thread takes it to file each drain)
+        flowContext.withLock { swap(&$0, &c) }
     }
 
     /// The service frontends flows are named by: every service's cluster IP with each of
@@ -86,8 +88,9 @@ extension Agent {
     /// ring and the counters are behind their own locks, the context is a snapshot. Events
     /// come a drain at a time, on the ring reader's thread (NodeDatapath.handleEventBatches:
     /// no wake-up of another thread per drain); a drain goes into the flow ring as one batch
-    /// with the context of its moment, each event decoded only when read (`PendingFlows`).
-    /// The counters are counted per batch in fixed slots, then added to the metrics once.
+    /// with the context of its moment, each event turned into a flow only when read
+    /// (`PendingFlows`). The counters decode each event once, per batch, in fixed slots,
+    /// then add to the metrics once.
     /// Returns when the task is cancelled.
     public nonisolated func runEvents() async {
         guard let datapath = await datapath else { return }
@@ -141,9 +144,10 @@ extension Agent {
     }
 
     /// Turns events the datapath could not deliver into LostEvent records: the kernel's
-    /// count of events that found the ring full (PERF_EVENT_RING_BUFFER), and events read
-    /// but dropped because the decoder's queue was full or the reader's buffer could not
-    /// grow to take them (OBSERVER_EVENTS_QUEUE). Checked
+    /// count of events that found the ring full (PERF_EVENT_RING_BUFFER: the agent files
+    /// each drain on the reader's thread, so an agent that falls behind shows here), and
+    /// events read but dropped because a stream subscriber's queue was full or the reader's
+    /// buffer could not grow to take them (OBSERVER_EVENTS_QUEUE). Checked
     /// every `interval` seconds; the first reading is a baseline (events lost before this
     /// agent started were reported by the one before it).
     public nonisolated func runLostEvents(interval: Double = 1) async {

@@ -14,8 +14,9 @@ struct EventRing: Sendable {
         var end: UInt64 { first + UInt64(events.count) }
     }
 
-    /// Batches from `head` on, oldest first; the ones before `head` are gone.
-    private var batches: [Held] = []
+    /// Batches from `head` on, oldest first. The slots before `head` are let go (nil) as
+    /// `head` passes them, and dropped from the array in chunks.
+    private var batches: [Held?] = []
     private var head = 0
     let capacity: Int
     /// Sequence number of the newest event (0: none yet).
@@ -35,7 +36,10 @@ struct EventRing: Sendable {
         newest += UInt64(batch.count)
         // let go of batches with no event among the newest `capacity`
         let keep = oldest
-        while batches[head].end <= keep { head += 1 }
+        while batches[head]!.end <= keep {
+            batches[head] = nil
+            head += 1
+        }
         if head >= 32 && head * 2 >= batches.count {
             batches.removeFirst(head)
             head = 0
@@ -51,8 +55,8 @@ struct EventRing: Sendable {
         let clock = WallClock()
         var i = head
         while s <= newest && out.count < limit {
-            while batches[i].end <= s { i += 1 }
-            let b = batches[i]
+            while batches[i]!.end <= s { i += 1 }
+            let b = batches[i]!
             out.append(Self.monitorEvent(b.events[Int(s - b.first)], sequence: s, clock: clock))
             s += 1
         }

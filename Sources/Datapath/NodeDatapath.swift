@@ -532,11 +532,13 @@ public final class NodeDatapath: @unchecked Sendable {
         return stream
     }
 
-    /// Calls `handler` with each drain's batch on the reader's own thread, from now until
-    /// the calling task is cancelled. No hop to another thread per drain, as a stream's
-    /// consumer takes (a wake-up and a context switch on a CPU beside the traffic's, for a
-    /// consumer that only files the batch away, as the agent does). The handler must be
-    /// quick and must not wait for a drain (flushEvents).
+    /// Calls `handler` with each drain's batch, from now until the calling task is
+    /// cancelled, on the thread that drains: the reader's own (or the caller of
+    /// `flushEvents`). No hop to another thread per drain, as a stream's consumer takes (a
+    /// wake-up and a context switch on a CPU beside the traffic's, for a consumer that only
+    /// files the batch away, as the agent does). The handler holds up the drain: it must be
+    /// quick and must not wait for a drain (flushEvents). A drain already under way when
+    /// the task is cancelled may still call it once.
     public func handleEventBatches(_ handler: @escaping @Sendable (EventBatch) -> Void) async {
         let id = nextSubscriber.wrappingAdd(1, ordering: .relaxed).oldValue
         batchHandlers.withLock { $0[id] = handler }

@@ -84,18 +84,24 @@ public final class FlowRing: Sendable {
             s.batchesAppended += 1
             let number = s.batchesAppended
             let last = s.newest + UInt64(count)
-            s.batches[Int(number % cap)] = Batch(number: number, first: s.newest + 1, last: last, flows: batch)
             // only the newest `capacity` entries can be held
             let oldest = last >= cap ? last - cap + 1 : 1
+            // let go of the batches whose entries this append overwrites, before the new
+            // batch takes its place in the ring of batches (batch number - capacity is
+            // always among them)
+            while s.oldestBatch < number {
+                let i = Int(s.oldestBatch % cap)
+                if let b = s.batches[i], b.number == s.oldestBatch {
+                    guard b.last < oldest else { break }
+                    s.batches[i] = nil
+                }
+                s.oldestBatch += 1
+            }
+            s.batches[Int(number % cap)] = Batch(number: number, first: s.newest + 1, last: last, flows: batch)
             s.slots.withUnsafeMutableBufferPointer { slots in
                 for seq in max(s.newest + 1, oldest)...last { slots[Int(seq % cap)] = number }
             }
             s.newest = last
-            // let go of the batches whose entries are all overwritten now
-            while s.oldestBatch < number, let b = s.batches[Int(s.oldestBatch % cap)], b.number == s.oldestBatch, b.last < oldest {
-                s.batches[Int(s.oldestBatch % cap)] = nil
-                s.oldestBatch += 1
-            }
             return s.waiters.isEmpty ? [] : Array(s.waiters.values)
         }
         for w in waiters { w.yield() }

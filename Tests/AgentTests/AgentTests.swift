@@ -161,6 +161,18 @@ import AgentAPI
         }
         #expect(ring.events(after: UInt64(all.count - 2), limit: 1).map(\.destinationPort) == [all[all.count - 2]])
     }
+
+    /// Hundreds of batches, most of them long gone: the ring still reads the newest, as the
+    /// batches it let go are dropped from its array in chunks.
+    @Test func keepsTheNewestOverManyBatches() {
+        var ring = EventRing(capacity: 5)
+        for i in 0..<500 {
+            ring.append(EventBatch(events: (0..<(i % 3)).map { event(UInt16(i * 3 + $0)) }))
+            let want = (0...i).flatMap { j in (0..<(j % 3)).map { UInt16(j * 3 + $0) } }.suffix(5)
+            #expect(ring.events(after: 0, limit: 10).map(\.destinationPort) == Array(want), "after batch \(i)")
+        }
+        #expect(ring.newest == UInt64((0..<500).reduce(0) { $0 + $1 % 3 }))
+    }
 }
 
 @Suite struct PendingFlowTests {

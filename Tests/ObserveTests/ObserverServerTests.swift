@@ -254,6 +254,25 @@ import ObserveProto
         #expect(ring.read(after: 0).entries.map(\.1.flow.uuid) == ["flow-5-seq-5", "flow-6-seq-6", "flow-7", "flow-8-seq-8"])
     }
 
+    /// The same after a run of single entries, each its own batch: a batch whose last entry
+    /// goes when batch number + capacity comes is let go before that batch takes its place
+    /// (and the ones after it still are).
+    @Test func batchesAreLetGoAfterARunOfSingleEntries() {
+        let ring = FlowRing(capacity: 4)
+        ring.append(batch: CountingBatch([1, 2, 3]))
+        for n in 4...7 { ring.append(batch: CountingBatch([n])) }   // batches 2-5: the fifth overwrites entry 3
+        weak var held: CountingBatch?
+        do {
+            let b = CountingBatch([8, 9, 10, 11, 12])
+            held = b
+            ring.append(batch: b)
+        }
+        #expect(held != nil, "its entries 9-12 are held")
+        ring.append(batch: CountingBatch([13, 14, 15, 16]))
+        #expect(held == nil, "its last entry was overwritten")
+        #expect(ring.read(after: 0).entries.map(\.1.flow.uuid) == ["flow-13-seq-13", "flow-14-seq-14", "flow-15-seq-15", "flow-16-seq-16"])
+    }
+
     @Test func badFiltersAndWindowsAreInvalidArgument() async throws {
         let ring = FlowRing(capacity: 4)
         try await withServer(ring: ring) { path, _ in
