@@ -358,8 +358,8 @@ if busy:
     print("Some min-max ranges exceed 25% of the median: busy machine; trust ratios less.")
 print("\nThe other vCPUs' busy share during the CRR samples (median; the agents decode the subject's")
 print("events there, and on a VM whose vCPUs share host cores that slows CPU 0: bench/cpu_coupling.sh):")
+short = {"d": "subject", "o": "detached", "b": "other lab"}
 for kind in ("same", "cross"):
-    short = {"d": "subject", "o": "detached", "b": "other lab"}
     shares = [f"{short[k]} {100 * statistics.median(other[('crr', f'{k}-{kind}')]):.1f} %"
               for k in ("d", "o", "b") if other.get(("crr", f"{k}-{kind}"))]
     print(f"  CRR {kind:<6}" + "   ".join(shares))

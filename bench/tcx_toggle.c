@@ -111,11 +111,14 @@ static int attach(const char *link_path, const char *prog_path, const char *stat
 	link = bpf_link_create(prog, ifindex, attach_type, NULL);
 	if (link < 0) {
 		fprintf(stderr, "attach %s to ifindex %u: %s\n", prog_path, ifindex, strerror(errno));
+		close(prog);
 		return -1;
 	}
 	unlink(link_path);
 	if (bpf_obj_pin(link, link_path) < 0) {
 		fprintf(stderr, "pin %s: %s\n", link_path, strerror(errno));
+		close(link);
+		close(prog);
 		return -1;
 	}
 	close(link);

@@ -59,6 +59,11 @@ public final class FlowRing: Sendable {
 
     private let state: Mutex<State>
 
+    /// The oldest sequence number held once entries up to `newest` are appended.
+    private func oldestHeld(newest: UInt64) -> UInt64 {
+        newest >= UInt64(capacity) ? newest - UInt64(capacity) + 1 : 1
+    }
+
     public init(capacity: Int = 4095) {
         precondition(capacity > 0, "a flow ring needs room for at least one flow")
         self.capacity = capacity
@@ -85,7 +90,7 @@ public final class FlowRing: Sendable {
             let number = s.batchesAppended
             let last = s.newest + UInt64(count)
             // only the newest `capacity` entries can be held
-            let oldest = last >= cap ? last - cap + 1 : 1
+            let oldest = oldestHeld(newest: last)
             // let go of the batches whose entries this append overwrites, before the new
             // batch takes its place in the ring of batches (batch number - capacity is
             // always among them)
@@ -109,7 +114,7 @@ public final class FlowRing: Sendable {
 
     /// The oldest sequence number still held (newest + 1 when empty).
     public var oldest: UInt64 {
-        state.withLock { s in s.newest >= UInt64(capacity) ? s.newest - UInt64(capacity) + 1 : 1 }
+        state.withLock { s in oldestHeld(newest: s.newest) }
     }
 
     /// Entries numbered above `cursor`, oldest first, at most `limit`; and how many entries
@@ -118,7 +123,7 @@ public final class FlowRing: Sendable {
     public func read(after cursor: UInt64, limit: Int = .max) -> (entries: [(UInt64, Observer_GetFlowsResponse)], lost: UInt64) {
         let (held, lost) = state.withLock { s -> ([(UInt64, any DeferredFlowBatch, Int)], UInt64) in
             let cap = UInt64(capacity)
-            let oldest = s.newest >= cap ? s.newest - cap + 1 : 1
+            let oldest = oldestHeld(newest: s.newest)
             let start = max(cursor + 1, oldest)
             let lost = start > cursor + 1 ? start - cursor - 1 : 0
             guard start <= s.newest else { return ([], lost) }
