@@ -119,7 +119,7 @@ static __always_inline int egress_gateway(struct __sk_buff *skb, struct fth_ctx 
 	if (!e || e->gateway != fth_node_ip || (e->flags & (FTH_EGW_F_EXCLUDED | FTH_EGW_F_NO_GATEWAY)) ||
 	    !egress_leaves_cluster(c->flow.daddr))
 		return TC_ACT_OK;       /* not this node's to translate */
-	c->src_identity = ipcache_identity(c->flow.saddr);
+	c->src_identity = ctx_source_identity(c);
 	c->dst_identity = ipcache_identity(c->flow.daddr);
 	c->direction = FTH_DIR_EGRESS;
 	ret = egress_snat(skb, c, e->egress_ip, &f, &trace);
@@ -143,7 +143,7 @@ static __always_inline int from_netdev_ipv4(struct __sk_buff *skb, struct fth_ct
 	if (!ret && !in_cluster_cidr(c->flow.daddr)) {
 		/* 1. replies of connections this node translated: node ports, masquerade,
 		 * the egress gateway (to this node's address or an egress IP it holds) */
-		c->src_identity = ipcache_identity(c->flow.saddr);
+		c->src_identity = ctx_source_identity(c);
 		ret = nodeport_reply(skb, c, &verdict);
 		if (ret < 0)
 			return drop(skb, c, -ret, FTH_DIR_EGRESS);

@@ -131,6 +131,24 @@ struct EgressFixtureTests {
         #expect(try f.dp.dumpEgressPlan().count == 1, "differences only: the map holds exactly the plan")
     }
 
+    /// A pod answering a connection opened from outside (a node port with a local backend,
+    /// or routed straight to it) answers the way it came: the egress gateway steers what the
+    /// pod opens, never its replies (Cilium skips the gateway for CT_REPLY). With no
+    /// gateway alive, the replies were dropped with 194.
+    @Test func repliesAreNeverSteeredToAGateway() throws {
+        let f = try Fixture()
+        let dest = IPv4Prefix(IPv4Address(203, 0, 113, 0), 24)
+        try f.dp.setEgressPlan([EgressEntry(source: a.ip, destination: dest, gateway: nil, egressIP: nil, excluded: false)])
+        // opened from outside: delivered (a has no ingress policy), then a's SYN-ACK
+        #expect(try f.fromNetdev(S.tcp(Self.external, a.ip, 5000, 8080)).verdict == TC.redirect)
+        let reply = try f.fromContainer(a, S.tcp(a.ip, Self.external, 8080, 5000, flags: 0x12))
+        #expect(reply.verdict != TC.shot)
+        #expect(try f.drops().isEmpty)
+        // what a opens itself is still held to the plan: no gateway alive, 194
+        #expect(try f.fromContainer(a, S.tcp(a.ip, Self.external, 40020, 80)).verdict == TC.shot)
+        #expect(try f.drops().last?.dropReason == .noEgressGateway)
+    }
+
     @Test func idleTranslationsAreFreedAndClosedOnesSooner() throws {
         let f = try Fixture()
         _ = try toNetdev(f, S.udp(a.ip, Self.external, 5000, 53))

@@ -243,8 +243,9 @@ struct PolicyFixtureTests {
         _ = try out(0x02)
         _ = try f.fromNetdev(packet(Fixture.remotePod, pod.ip).tcp(sport: 8080, dport: 41000, flags: 0x12))
         _ = try out(0x11)
+        _ = try f.fromNetdev(packet(Fixture.remotePod, pod.ip).tcp(sport: 8080, dport: 41000, flags: 0x11))
         let closed = try #require(try f.dp.dumpConntrack().first)
-        #expect(closed.closing && closed.seenReply && closed.txPackets == 2 && closed.rxPackets == 1)
+        #expect(closed.closing && closed.seenReply && closed.txPackets == 2 && closed.rxPackets == 2)
         _ = try f.dp.flushEvents()
 
         #expect(try out(0x02) == TC.ok)
@@ -263,7 +264,8 @@ struct PolicyFixtureTests {
         #expect(untouched.rxPackets == 0 && !untouched.seenReply && untouched.expires == fresh.expires,
                 "the refused SYN leaves the connection's entry as it was")
 
-        // closed again, and the policy no longer allows it: the next SYN is judged anew
+        // half closed this time (the pod's FIN only), and the policy no longer allows
+        // it: the next SYN is judged anew all the same
         _ = try out(0x11)
         try f.dp.setPolicy(endpointID: pod.id, upsert: [], delete: [allow.key])
         #expect(try out(0x02) == TC.shot)
@@ -350,6 +352,90 @@ struct PolicyFixtureTests {
 
     /// /32 ipcache entries are also in the exact map the datapath looks in before the
     /// trie; it follows every change and never holds an address the trie has not.
+    /// One FIN only half-closes: the other end may go on sending after a pause longer than
+    /// the close timeout, so the entry keeps the established lifetime until both ends have
+    /// sent theirs (or one sent an RST). With the close timeout on the first FIN, collection
+    /// 11 s later took the entry, and the answering end's next packet was judged by the
+    /// pod's ingress policy as a new connection (denied).
+    @Test func aHalfClosedConnectionKeepsItsEntryUntilBothEndsClose() throws {
+        var pod = a
+        pod.ingressEnforced = true
+        pod.egressEnforced = true
+        let f = try Fixture(endpoints: [pod, b])
+        try f.dp.setPolicy(endpointID: pod.id, upsert: [
+            PolicyEntry(key: PolicyKey(remoteIdentity: Fixture.remoteIdentity, direction: .egress,
+                                       proto: IPProtocol.tcp, port: 8080), verdict: .allow, ruleRef: 3),
+        ], delete: [])
+        for (sport, closer) in [(UInt16(41000), "fin"), (41001, "rst")] {
+            let out = { (flags: UInt8) in
+                try f.fromContainer(pod, packet(pod.ip, Fixture.remotePod).tcp(sport: sport, dport: 8080, flags: flags)).verdict
+            }
+            let into = { (flags: UInt8) in
+                try f.fromNetdev(packet(Fixture.remotePod, pod.ip).tcp(sport: 8080, dport: sport, flags: flags)).verdict
+            }
+            let entry = { try #require(try f.dp.dumpConntrack().first { $0.sourcePort == sport }) }
+            #expect(try out(0x02) == TC.ok && into(0x12) == TC.redirect && out(0x10) == TC.ok)
+            #expect(try out(0x11) == TC.ok, "the pod shuts down its sending side")
+            let half = try entry()
+            #expect(!half.closing)
+            #expect(half.expires >= NodeDatapath.monotonicSeconds() + 3600, "still the established lifetime")
+            // the answering end goes on sending, after a pause past the close timeout
+            #expect(try f.dp.collectExpiredConntrack(now: NodeDatapath.monotonicSeconds() + 11) == 0)
+            #expect(try into(0x18) == TC.redirect, "data after the pod's FIN")
+            if closer == "fin" {
+                #expect(try into(0x11) == TC.redirect)
+            } else {
+                #expect(try into(0x14) == TC.redirect)
+            }
+            let closed = try entry()
+            #expect(closed.closing, "closed by \(closer)")
+            #expect(closed.expires <= NodeDatapath.monotonicSeconds() + 11)
+            #expect(try f.dp.collectExpiredConntrack(now: NodeDatapath.monotonicSeconds() + 12) == 1)
+        }
+        // an RST alone closes at once
+        #expect(try f.fromContainer(pod, packet(pod.ip, Fixture.remotePod).tcp(sport: 41002, dport: 8080)).verdict == TC.ok)
+        #expect(try f.fromContainer(pod, packet(pod.ip, Fixture.remotePod).tcp(sport: 41002, dport: 8080, flags: 0x04)).verdict == TC.ok)
+        #expect(try f.dp.dumpConntrack().first { $0.sourcePort == 41002 }?.closing == true)
+    }
+
+    /// A packet from the network that claims the node's own address (or its router
+    /// address) as source was not sent by this node: it is world, not host, and a pod's
+    /// ingress policy applies to it. As host it skipped the policy and was delivered.
+    @Test func aSourceClaimingTheNodeFromTheNetworkIsWorld() throws {
+        let f = try Fixture()
+        for forged in [Fixture.config.node, Fixture.config.router] {
+            let r = try f.fromNetdev(packet(forged, b.ip).tcp(sport: 5555, dport: 8080))
+            #expect(r.verdict == TC.shot, "\(forged) -> b, whose ingress policy allows nothing")
+            let drop = try #require(try f.drops().first)
+            #expect(drop.dropReason == .policyDenied && drop.sourceIdentity == ReservedIdentity.world)
+        }
+        // from the node's own stack (to-container) it is host, and passes
+        #expect(try f.toContainer(packet(Fixture.config.node, b.ip).tcp(sport: 5556, dport: 8080)).verdict == TC.ok)
+    }
+
+    /// A drop by the destination's ingress policy names that decision's rule (0 for a
+    /// default deny), not the source's egress rule that let the packet that far.
+    @Test func anIngressDropNamesTheIngressRule() throws {
+        var src = a
+        src.egressEnforced = true
+        let f = try Fixture(endpoints: [src, b])
+        try f.dp.setPolicy(endpointID: src.id, upsert: [
+            PolicyEntry(key: PolicyKey(remoteIdentity: b.identity, direction: .egress, proto: IPProtocol.tcp, port: 8080),
+                        verdict: .allow, ruleRef: 7),
+        ], delete: [])
+        #expect(try f.fromContainer(src, packet(src.ip, b.ip).tcp(sport: 40000, dport: 8080)).verdict == TC.shot)
+        let drop = try #require(try f.drops().first)
+        #expect(drop.dropReason == .policyDenied && drop.direction == .ingress && drop.endpointID == b.id)
+        #expect(drop.ruleRef == 0, "b's default deny, not a's egress rule 7")
+        // allowed at ingress too: the connection's entry names the ingress rule
+        try f.dp.setPolicy(endpointID: b.id, upsert: [
+            PolicyEntry(key: PolicyKey(remoteIdentity: src.identity, direction: .ingress, proto: IPProtocol.tcp, port: 8080),
+                        verdict: .allow, ruleRef: 8),
+        ], delete: [])
+        #expect(try f.fromContainer(src, packet(src.ip, b.ip).tcp(sport: 40001, dport: 8080)).verdict == TC.redirect)
+        #expect(try f.dp.dumpConntrack().first { $0.sourcePort == 40001 }?.ruleRef == 8)
+    }
+
     @Test func ipcacheExactEntriesFollowTheTrie() throws {
         let f = try Fixture()
         let host = IPv4Address(192, 0, 2, 7), cidrIdentity: UInt32 = 16_777_217

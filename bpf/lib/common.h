@@ -98,7 +98,11 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct fth_flow *f)
 	f->sport = 0;
 	f->dport = 0;
 	f->len = skb->len;
-	/* Later fragments carry no L4 header; ports cannot be known. */
+	/* Fragments are not tracked: a later one carries no L4 header, so its ports (and
+	 * policy) cannot be known without a map of the datagrams in flight, which Cilium
+	 * keeps and this datapath does not. Every fragment, the first (MF set) included, is
+	 * dropped with FRAGMENTATION_NOT_SUPPORTED (Cilium's reason 157), so that no
+	 * datagram is half delivered. */
 	if (ip->frag_off & bpf_htons(0x1fff | 0x2000))
 		return FTH_DROP_FRAGMENTATION_NOT_SUPPORTED;
 

@@ -27,7 +27,7 @@
 #define FTH_CT_REPLY       2
 
 #define FTH_CT_F_SEEN_REPLY 0x01
-#define FTH_CT_F_CLOSING    0x02
+#define FTH_CT_F_CLOSING    0x02    /* FIN seen both ways, or an RST: the close lifetime */
 #define FTH_CT_F_SWAPPED    0x04    /* key's saddr/sport is the responder's end */
 
 struct ct_key {
@@ -149,7 +149,7 @@ static __always_inline int ct_lookup(const struct fth_flow *f, __u8 *new_flags, 
 	 * the caller to reopen if policy allows. */
 	if (state == FTH_CT_REPLY && (f->tcp_flags & (FTH_TCP_SYN | FTH_TCP_ACK)) == FTH_TCP_SYN)
 		return FTH_CT_NEW;
-	if (f->tcp_flags & (FTH_TCP_FIN | FTH_TCP_RST))
+	if (f->tcp_flags & FTH_TCP_RST)
 		e->flags |= FTH_CT_F_CLOSING;
 	if (state == FTH_CT_REPLY) {
 		*first = !(e->flags & FTH_CT_F_SEEN_REPLY);
@@ -162,8 +162,20 @@ static __always_inline int ct_lookup(const struct fth_flow *f, __u8 *new_flags, 
 		e->tx_flags_seen |= f->tcp_flags;
 		ct_account(&e->tx_packets, &e->tx_bytes, f->len);
 	}
+	/* One FIN half-closes: the other end may go on sending, after any pause, so the
+	 * connection keeps its lifetime until both ends have sent theirs (as Cilium's
+	 * per-direction closing flags). */
+	if (e->tx_flags_seen & e->rx_flags_seen & FTH_TCP_FIN)
+		e->flags |= FTH_CT_F_CLOSING;
 	e->expires = ct_now() + ct_lifetime(f, e->flags);
 	return state;
+}
+
+/* Has the connection on this entry begun to close (a FIN either way, or an RST)? A SYN
+ * from its initiator then opens a new connection on the tuple (ct_and_policy). */
+static __always_inline int ct_closing_started(const struct ct_entry *e)
+{
+	return (e->flags & FTH_CT_F_CLOSING) || ((e->tx_flags_seen | e->rx_flags_seen) & FTH_TCP_FIN);
 }
 
 /* Is the packet a reply of a tracked connection? (No accounting.) */

@@ -126,10 +126,22 @@ struct fth_ctx {
 #define FTH_LAZY_SRC 0x01
 #define FTH_LAZY_DST 0x02
 
+/* The packet's source identity from the ipcache. The node's own addresses are `host`
+ * there, which no ingress policy applies to; but a packet from the network that claims
+ * one of them was not sent by this node's stack (a forged source, or one looped back):
+ * from-netdev takes it as world, as Cilium's resolve_srcid_ipv4 ignores HOST_ID from the
+ * ipcache for traffic from the network. */
+static __always_inline __u32 ctx_source_identity(const struct fth_ctx *c)
+{
+	__u32 id = ipcache_identity(c->flow.saddr);
+
+	return id == FTH_ID_HOST && c->obs_point == FTH_OBS_FROM_NETDEV ? FTH_ID_WORLD : id;
+}
+
 static __always_inline void ctx_identities(struct fth_ctx *c)
 {
 	if (c->lazy & FTH_LAZY_SRC)
-		c->src_identity = ipcache_identity(c->flow.saddr);
+		c->src_identity = ctx_source_identity(c);
 	if (c->lazy & FTH_LAZY_DST)
 		c->dst_identity = ipcache_identity(c->flow.daddr);
 	c->lazy = 0;

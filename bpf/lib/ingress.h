@@ -65,7 +65,7 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 	 * and the entry made afresh, in place. */
 	if (state == FTH_CT_ESTABLISHED && e &&
 	    (e->rev_nat_id != c->rev_nat_id ||
-	     ((c->flow.tcp_flags & (FTH_TCP_SYN | FTH_TCP_ACK)) == FTH_TCP_SYN && (e->flags & FTH_CT_F_CLOSING)))) {
+	     ((c->flow.tcp_flags & (FTH_TCP_SYN | FTH_TCP_ACK)) == FTH_TCP_SYN && ct_closing_started(e)))) {
 		state = FTH_CT_NEW;
 		old = e;
 	}
@@ -88,7 +88,9 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 	if (dst_ep && c->src_identity != FTH_ID_HOST) {
 		__u32 rule = 0;
 		ret = policy_check(dst_ep, c->src_identity, FTH_DIR_INGRESS, &c->flow, &rule);
-		if (rule)
+		/* a drop names the ingress decision's rule (0 for a default deny), never the
+		 * egress rule that let the packet this far */
+		if (rule || ret)
 			c->rule_ref = rule;
 		if (ret) {
 			c->direction = FTH_DIR_INGRESS;
