@@ -45,15 +45,12 @@ SAVED="/sys/fs/bpf/fathom-bench-$LAB"   # the detached programs (bpffs)
 SERVER=
 STARTED=0
 in_ns() { local ns="$1"; shift; nsenter --net="/run/netns/$ns" "$@"; }
+TCX_LAB="$LAB"
+# shellcheck source=tcx_programs.sh
+. "$here/tcx_programs.sh"   # programs on|off, programs_restore
 cleanup() {
   set +e
-  if [ -d "$SAVED" ]; then
-    for n in node1 node2; do
-      [ -d "$tmp/links-$n" ] && in_ns "$LAB-$n" "$tmp/tcx_toggle" attach "/sys/fs/bpf/fathom/$LAB/$n/links" \
-        "$SAVED/$n" "$tmp/links-$n" >/dev/null
-    done
-  fi
-  rm -rf "$SAVED"
+  programs_restore
   [ -n "$SERVER" ] && { kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; }
   [ "$STARTED" = 1 ] && "$FATHOM" lab down --lab "$LAB" >/dev/null 2>&1
   rm -rf "$tmp"
@@ -63,19 +60,6 @@ trap 'exit 130' INT TERM HUP
 
 gcc -O2 -Wall -o "$tmp/rr" "$here/rr.c"
 gcc -O2 -Wall -o "$tmp/tcx_toggle" "$here/tcx_toggle.c" -lbpf
-
-PROGRAMS=on
-programs() { # on|off
-  [ "$1" = "$PROGRAMS" ] && return 0
-  local op=attach n; [ "$1" = off ] && op=detach
-  PROGRAMS=mixed
-  for n in node1 node2; do
-    mkdir -p "$SAVED/$n" "$tmp/links-$n"
-    in_ns "$LAB-$n" "$tmp/tcx_toggle" "$op" "/sys/fs/bpf/fathom/$LAB/$n/links" "$SAVED/$n" "$tmp/links-$n" \
-      >/dev/null || { echo "could not $op the programs of $LAB $n" >&2; return 1; }
-  done
-  PROGRAMS=$1
-}
 
 STARTED=1
 "$FATHOM" lab up --lab "$LAB" --nodes 2 >/dev/null

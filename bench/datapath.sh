@@ -80,16 +80,12 @@ tmp="$(mktemp -d /tmp/bd-datapath.XXXXXX)"
 SAVED="/sys/fs/bpf/fathom-bench-$DP_LAB"   # the detached programs (bpffs)
 PIDS=()
 STARTED=()
+TCX_LAB="$DP_LAB"
+# shellcheck source=tcx_programs.sh
+. "$here/tcx_programs.sh"   # programs on|off, programs_restore: the subject's tc programs
 cleanup() {
   set +e
-  # whatever state a failure left them in: attach restores every link it saved
-  if [ -d "$SAVED" ]; then
-    for n in node1 node2; do
-      [ -d "$tmp/links-$n" ] && in_ns "$DP_LAB-$n" "$tmp/tcx_toggle" attach "/sys/fs/bpf/fathom/$DP_LAB/$n/links" \
-        "$SAVED/$n" "$tmp/links-$n" >/dev/null
-    done
-  fi
-  rm -rf "$SAVED"
+  programs_restore
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
   for l in "${STARTED[@]}"; do "$FATHOM" lab down --lab "$l" >/dev/null 2>&1; done
@@ -104,19 +100,6 @@ gcc -O2 -Wall -o "$tmp/rr" "$here/rr.c"
 gcc -O2 -Wall -o "$tmp/udpflood" "$here/udpflood.c"
 gcc -O2 -Wall -o "$tmp/tcx_toggle" "$here/tcx_toggle.c" -lbpf
 
-# The subject's tc programs on or off both nodes' interfaces (tcx_toggle.c).
-PROGRAMS=on
-programs() { # on|off
-  [ "$1" = "$PROGRAMS" ] && return 0
-  local op=attach n; [ "$1" = off ] && op=detach
-  PROGRAMS=mixed       # until both nodes are done
-  for n in node1 node2; do
-    mkdir -p "$SAVED/$n" "$tmp/links-$n"
-    in_ns "$DP_LAB-$n" "$tmp/tcx_toggle" "$op" "/sys/fs/bpf/fathom/$DP_LAB/$n/links" "$SAVED/$n" "$tmp/links-$n" \
-      >/dev/null || { echo "could not $op the programs of $DP_LAB $n" >&2; return 1; }
-  done
-  PROGRAMS=$1
-}
 RR="$tmp/rr"
 
 setup_start=$SECONDS

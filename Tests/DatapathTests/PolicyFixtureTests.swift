@@ -154,7 +154,9 @@ struct PolicyFixtureTests {
         #expect(try count("fth_pol4x_v1") == 0 && count("fth_pol4_v1") == 0)
     }
 
-    @Test func replyOfAnEstablishedConnectionPassesWithoutPolicy() throws {
+    /// Pod a with policy enforced both ways, allowed out to the remote pod's identity on
+    /// TCP 8080 (rule 3), and nothing in.
+    func enforcedPodAllowedOut() throws -> (Fixture, EndpointEntry) {
         var pod = a
         pod.ingressEnforced = true
         pod.egressEnforced = true
@@ -163,6 +165,11 @@ struct PolicyFixtureTests {
             PolicyEntry(key: PolicyKey(remoteIdentity: Fixture.remoteIdentity, direction: .egress,
                                        proto: IPProtocol.tcp, port: 8080), verdict: .allow, ruleRef: 3),
         ], delete: [])
+        return (f, pod)
+    }
+
+    @Test func replyOfAnEstablishedConnectionPassesWithoutPolicy() throws {
+        let (f, pod) = try enforcedPodAllowedOut()
         // a -> remote pod: egress allowed. Its ingress device (9001) is not in this namespace,
         // so the FIB cannot say where it goes: the stack routes it (HostRoutingTests: with a FIB).
         #expect(try f.fromContainer(pod, packet(pod.ip, Fixture.remotePod).tcp(sport: 41000, dport: 8080)).verdict == TC.ok)
@@ -350,22 +357,13 @@ struct PolicyFixtureTests {
         #expect(try f.fromNetdev(packet(outside, Fixture.config.node).tcp(sport: 1234, dport: 22)).verdict == TC.ok)
     }
 
-    /// /32 ipcache entries are also in the exact map the datapath looks in before the
-    /// trie; it follows every change and never holds an address the trie has not.
     /// One FIN only half-closes: the other end may go on sending after a pause longer than
     /// the close timeout, so the entry keeps the established lifetime until both ends have
     /// sent theirs (or one sent an RST). With the close timeout on the first FIN, collection
     /// 11 s later took the entry, and the answering end's next packet was judged by the
     /// pod's ingress policy as a new connection (denied).
     @Test func aHalfClosedConnectionKeepsItsEntryUntilBothEndsClose() throws {
-        var pod = a
-        pod.ingressEnforced = true
-        pod.egressEnforced = true
-        let f = try Fixture(endpoints: [pod, b])
-        try f.dp.setPolicy(endpointID: pod.id, upsert: [
-            PolicyEntry(key: PolicyKey(remoteIdentity: Fixture.remoteIdentity, direction: .egress,
-                                       proto: IPProtocol.tcp, port: 8080), verdict: .allow, ruleRef: 3),
-        ], delete: [])
+        let (f, pod) = try enforcedPodAllowedOut()
         for (sport, closer) in [(UInt16(41000), "fin"), (41001, "rst")] {
             let out = { (flags: UInt8) in
                 try f.fromContainer(pod, packet(pod.ip, Fixture.remotePod).tcp(sport: sport, dport: 8080, flags: flags)).verdict
@@ -436,6 +434,8 @@ struct PolicyFixtureTests {
         #expect(try f.dp.dumpConntrack().first { $0.sourcePort == 40001 }?.ruleRef == 8)
     }
 
+    /// /32 ipcache entries are also in the exact map the datapath looks in before the
+    /// trie; it follows every change and never holds an address the trie has not.
     @Test func ipcacheExactEntriesFollowTheTrie() throws {
         let f = try Fixture()
         let host = IPv4Address(192, 0, 2, 7), cidrIdentity: UInt32 = 16_777_217
