@@ -77,19 +77,8 @@ for _ in $(seq 50); do
 done
 [ "$ok" = 1 ] || { echo "cli2 cannot reach srv ($SRV_IP:$PORT)" >&2; exit 1; }
 
-# the programs come off and back: node1's forwarded counter stands still only while off
-forwarded() {
-  "$FATHOM" bpf counters --lab "$LAB" --node node1 -o json |
-    jq '[.rows[] | select(.[0] == "forwarded") | .[2] | tonumber] | add // 0'
-}
-for state in off on; do
-  programs "$state"
-  c0="$(forwarded)"
-  in_ns "$CLI_NS" timeout 5 "$tmp/rr" rr "$SRV_IP" "$PORT" 0.1 >/dev/null
-  c1="$(forwarded)"
-  if [ "$state" = off ] && [ "$c1" != "$c0" ]; then echo "programs still run after detaching" >&2; exit 1; fi
-  if [ "$state" = on ] && [ "$c1" = "$c0" ]; then echo "programs do not run after attaching again" >&2; exit 1; fi
-done
+# the programs come off and back (tcx_programs.sh)
+programs_check in_ns "$CLI_NS" timeout 5 "$tmp/rr" rr "$SRV_IP" "$PORT" 0.1 || exit 1
 
 ports() { # default|warm
   case "$1" in

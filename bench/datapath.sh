@@ -188,21 +188,8 @@ done
 if in_ns "${SRC[d-same]}" timeout 2 "$RR" rr "${DST[d-same]}" $((PORT + 1)) 0.01 >/dev/null 2>&1; then
   echo "policy not enforced: cli reached srv on port $((PORT + 1))" >&2; exit 1
 fi
-# ... and that the programs come off and back: node1's forwarded-packet counter stands
-# still while they are off, and moves again once they are back
-forwarded() {
-  "$FATHOM" bpf counters --lab "$DP_LAB" --node node1 -o json |
-    jq '[.rows[] | select(.[0] == "forwarded") | .[2] | tonumber] | add // 0'
-}
-for state in off on; do
-  programs "$state"
-  c0="$(forwarded)"
-  in_ns "${SRC[d-cross]}" timeout 5 "$RR" rr "${DST[d-cross]}" "$PORT" 0.1 >/dev/null ||
-    { echo "path d-cross does not work with the programs $state" >&2; exit 1; }
-  c1="$(forwarded)"
-  if [ "$state" = off ] && [ "$c1" != "$c0" ]; then echo "programs still run after detaching ($c0 -> $c1)" >&2; exit 1; fi
-  if [ "$state" = on ] && [ "$c1" = "$c0" ]; then echo "programs do not run after attaching again" >&2; exit 1; fi
-done
+# ... and that the programs come off and back (tcx_programs.sh)
+programs_check in_ns "${SRC[d-cross]}" timeout 5 "$RR" rr "${DST[d-cross]}" "$PORT" 0.1 || exit 1
 
 # busy and total clock ticks of every CPU but CPU 0 (where the samples run): the agents
 # decode events there, and on this VM work on one vCPU slows the other (cpu_coupling.sh)
