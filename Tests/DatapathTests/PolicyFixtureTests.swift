@@ -364,7 +364,7 @@ struct PolicyFixtureTests {
     /// pod's ingress policy as a new connection (denied).
     @Test func aHalfClosedConnectionKeepsItsEntryUntilBothEndsClose() throws {
         let (f, pod) = try enforcedPodAllowedOut()
-        for (sport, closer) in [(UInt16(41000), "fin"), (41001, "rst")] {
+        for (sport, closer, closerFlags) in [(UInt16(41000), "FIN", UInt8(0x11)), (41001, "RST", 0x14)] {
             let out = { (flags: UInt8) in
                 try f.fromContainer(pod, packet(pod.ip, Fixture.remotePod).tcp(sport: sport, dport: 8080, flags: flags)).verdict
             }
@@ -380,11 +380,7 @@ struct PolicyFixtureTests {
             // the answering end goes on sending, after a pause past the close timeout
             #expect(try f.dp.collectExpiredConntrack(now: NodeDatapath.monotonicSeconds() + 11) == 0)
             #expect(try into(0x18) == TC.redirect, "data after the pod's FIN")
-            if closer == "fin" {
-                #expect(try into(0x11) == TC.redirect)
-            } else {
-                #expect(try into(0x14) == TC.redirect)
-            }
+            #expect(try into(closerFlags) == TC.redirect)
             let closed = try entry()
             #expect(closed.closing, "closed by \(closer)")
             #expect(closed.expires <= NodeDatapath.monotonicSeconds() + 11)

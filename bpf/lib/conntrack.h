@@ -164,8 +164,9 @@ static __always_inline int ct_lookup(const struct fth_flow *f, __u8 *new_flags, 
 	}
 	/* One FIN half-closes: the other end may go on sending, after any pause, so the
 	 * connection keeps its lifetime until both ends have sent theirs (as Cilium's
-	 * per-direction closing flags). */
-	if (e->tx_flags_seen & e->rx_flags_seen & FTH_TCP_FIN)
+	 * per-direction closing flags). Only a FIN can complete the pair: other packets
+	 * skip the check. */
+	if ((f->tcp_flags & FTH_TCP_FIN) && (e->tx_flags_seen & e->rx_flags_seen & FTH_TCP_FIN))
 		e->flags |= FTH_CT_F_CLOSING;
 	e->expires = ct_now() + ct_lifetime(f, e->flags);
 	return state;
