@@ -40,7 +40,7 @@ static __always_inline int to_local_endpoint(struct __sk_buff *skb, struct fth_c
 	c->dst_identity = dst->identity;
 	if (dst->flags & FTH_EP_LOCKDOWN)
 		return drop(skb, c, FTH_DROP_ENDPOINT_LOCKDOWN, FTH_DIR_INGRESS);
-	ret = ct_and_policy(c, 0, dst, &trace);
+	ret = ct_and_policy(skb, c, 0, dst, &trace);
 	if (ret)
 		return drop(skb, c, ret, c->direction);
 	ret = lb4_reverse(skb, c);

@@ -69,7 +69,7 @@ static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct fth
 	/* Hairpin: tracked on the loopback tuple, no policy either way (Cilium skips it:
 	 * a pod may always reach itself through a service); events show the pod as the
 	 * source and the loopback address as the translated one. */
-	ret = ct_and_policy(c, hairpin ? 0 : src, hairpin ? 0 : dst, &trace);
+	ret = ct_and_policy(skb, c, hairpin ? 0 : src, hairpin ? 0 : dst, &trace);
 	if (hairpin)
 		c->flow.saddr = c->flow.daddr;
 	if (ret)
@@ -155,7 +155,7 @@ static __always_inline int to_container_ipv4(struct __sk_buff *skb, struct fth_c
 	c->lazy |= FTH_LAZY_SRC;
 	if (dst->flags & FTH_EP_LOCKDOWN)
 		return drop(skb, c, FTH_DROP_ENDPOINT_LOCKDOWN, FTH_DIR_INGRESS);
-	ret = ct_and_policy(c, 0, dst, &trace);
+	ret = ct_and_policy(skb, c, 0, dst, &trace);
 	if (ret)
 		return drop(skb, c, ret, c->direction);
 	return forward(skb, c, trace, TC_ACT_OK);

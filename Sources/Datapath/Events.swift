@@ -5,7 +5,8 @@ import Model
 public struct DatapathEvent: Sendable, Hashable {
     public enum Kind: UInt8, Sendable { case drop = 1, trace = 2 }
     public enum ObservationPoint: UInt8, Sendable { case fromContainer = 1, toContainer = 2, fromNetdev = 3, toNetdev = 4 }
-    public enum TraceReason: UInt8, Sendable { case new = 1, established = 2, reply = 3 }
+    /// Hubble's TraceReason numbers: `related` is an ICMP error about a tracked connection.
+    public enum TraceReason: UInt8, Sendable { case new = 1, established = 2, reply = 3, related = 4 }
 
     public var kind: Kind
     /// The raw reason byte: a drop reason number, or a trace reason.

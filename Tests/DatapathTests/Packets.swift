@@ -44,6 +44,18 @@ struct Packet {
         return ipv4(proto: 1, payload: icmp)
     }
 
+    /// An ICMP error (3 destination unreachable, 11 time exceeded, 12 parameter problem)
+    /// quoting `original` (a whole frame from this builder): its IPv4 header and the
+    /// first 8 bytes after it, as RFC 792 asks.
+    func icmpError(type: UInt8, code: UInt8, quoting original: [UInt8]) -> [UInt8] {
+        let ip = original.dropFirst(14)
+        let quoted = Array(ip.prefix(Int(ip.first! & 0x0f) * 4 + 8))
+        var icmp: [UInt8] = [type, code, 0, 0, 0, 0, 0, 0] + quoted
+        let c = Self.checksum(icmp)
+        icmp[2] = UInt8(c >> 8); icmp[3] = UInt8(c & 0xff)
+        return ipv4(proto: 1, payload: icmp)
+    }
+
     func arp() -> [UInt8] {
         [UInt8](repeating: 0xff, count: 6) + srcMAC + [0x08, 0x06,
             0, 1, 0x08, 0, 6, 4, 0, 1] + srcMAC + src.networkBytes + [0, 0, 0, 0, 0, 0] + dst.networkBytes

@@ -340,6 +340,48 @@ struct PolicyFixtureTests {
         #expect(drops.last?.sourceIdentity == Fixture.remoteIdentity)
     }
 
+    @Test func anICMPErrorAboutATrackedConnectionIsRelated() throws {
+        // a's ingress is enforced with no entry: ICMP to it is denied unless related.
+        var pod = a
+        pod.ingressEnforced = true
+        let f = try Fixture(endpoints: [pod, b])
+        try f.dp.setPolicy(endpointID: b.id, upsert: [
+            PolicyEntry(key: PolicyKey(remoteIdentity: pod.identity, direction: .ingress, proto: IPProtocol.udp, port: 53), verdict: .allow),
+        ], delete: [])
+        let query = packet(pod.ip, b.ip).udp(sport: 40000, dport: 53)
+        #expect(try f.fromContainer(pod, query).verdict == TC.redirect)
+        let connection = try f.dp.dumpConntrack()
+        _ = try f.dp.flushEvents()
+
+        // b's port unreachable for that datagram reaches a, reported as related.
+        #expect(try f.fromContainer(b, packet(b.ip, pod.ip).icmpError(type: 3, code: 3, quoting: query)).verdict == TC.redirect)
+        // From another node: a router's time exceeded for a's connection to the remote pod.
+        let syn = packet(pod.ip, Fixture.remotePod).tcp(sport: 40001, dport: 80)
+        #expect(try f.fromContainer(pod, syn).verdict != TC.shot)
+        #expect(try f.fromNetdev(packet(Fixture.remoteNode, pod.ip).icmpError(type: 11, code: 0, quoting: syn)).verdict == TC.redirect)
+        let traces = try f.dp.flushEvents().filter { $0.kind == .trace }
+        #expect(traces.map(\.traceReason) == [.related, .new, .related])
+        #expect(traces.first?.proto == IPProtocol.icmp)
+        // Nothing accounted on the connection, no entry for the error itself.
+        #expect(try f.dp.dumpConntrack().filter { $0.proto != IPProtocol.tcp } == connection)
+
+        // Not related, so judged as new ICMP flows and denied by a's ingress (133): an error
+        // about a datagram a never sent, one quoting a's datagram but addressed elsewhere
+        // (the quoted source is a, the error goes to a only), an ICMP message that is not
+        // an error, and an error quoting a later fragment (no ports to find it by).
+        let other = packet(pod.ip, b.ip).udp(sport: 40002, dport: 53)
+        #expect(try f.fromContainer(b, packet(b.ip, pod.ip).icmpError(type: 3, code: 3, quoting: other)).verdict == TC.shot)
+        #expect(try f.fromContainer(b, packet(b.ip, pod.ip).icmpError(type: 3, code: 3, quoting: packet(b.ip, pod.ip).udp(sport: 53, dport: 40000))).verdict == TC.shot)
+        var notError = packet(b.ip, pod.ip).icmpError(type: 3, code: 3, quoting: query)
+        notError[14 + 20] = 5   // redirect: not an error this datapath relates
+        #expect(try f.fromContainer(b, notError).verdict == TC.shot)
+        var fragment = query
+        fragment[14 + 6] = 0x00; fragment[14 + 7] = 0x10   // fragment offset 16 (128 bytes)
+        #expect(try f.fromContainer(b, packet(b.ip, pod.ip).icmpError(type: 3, code: 3, quoting: fragment)).verdict == TC.shot)
+        let drops = try f.drops()
+        #expect(drops.map(\.dropReason) == Array(repeating: .policyDenied, count: 4))
+    }
+
     @Test func unknownSourceIsWorld() throws {
         let f = try Fixture()
         let outside = IPv4Address(8, 8, 8, 8)

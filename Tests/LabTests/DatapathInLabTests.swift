@@ -56,6 +56,14 @@ extension LabTests {
         #expect(try t.probe("default/client2", "default/web", proto: "udp", port: 53).status == 1, "UDP not allowed")
         #expect(try t.probe("node1", "default/web").status == 0, "the node itself reaches its pods")
 
+        // An ICMP error about a pod's own flow passes its ingress policy (related): `other`
+        // (node2) admits nothing, yet learns at once from client1's port unreachable
+        // (node1) that nothing listens on its UDP port 9.
+        try setPolicy(t, "node2", other, EndpointPolicy(enforceIngress: true, enforceEgress: false, rules: []))
+        let refused = try t.probe("default/other", "default/client1", proto: "udp", port: 9)
+        #expect(refused.status == 1 && refused.stderr.contains("Connection refused"), "\(refused.stderr)")
+        try setPolicy(t, "node2", other, EndpointPolicy(enforceIngress: false, enforceEgress: false, rules: []))
+
         // Each drop is reported with its reason and both identities.
         #expect(try !drops(t, "node1", reason: 133, from: other.identity, to: web.identity).isEmpty, "133 policy denied")
         let deny = try drops(t, "node1", reason: 181, from: c1.identity, to: web.identity)

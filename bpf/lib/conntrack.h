@@ -179,6 +179,64 @@ static __always_inline int ct_closing_started(const struct ct_entry *e)
 	return (e->flags & FTH_CT_F_CLOSING) || ((e->tx_flags_seen | e->rx_flags_seen) & FTH_TCP_FIN);
 }
 
+/* ICMP errors: destination unreachable (port unreachable, fragmentation needed, ...),
+ * time exceeded, parameter problem. Each quotes the header of the packet it answers. */
+static __always_inline int icmp_is_error(__u8 type)
+{
+	return type == 3 || type == 11 || type == 12;
+}
+
+/* Is this ICMP error about a tracked connection (Cilium's CT_RELATED)? The error quotes
+ * the IPv4 header and the first 8 bytes of the packet it answers; that packet's tuple
+ * finds the connection's entry. An error goes back to the quoted packet's source, so
+ * only one addressed to that source is related (any other is judged on its own, as a new
+ * ICMP flow). No accounting, no entry made: the connection's own packets keep its state.
+ * A quoted packet that is a later fragment (no ports) or not TCP, UDP or an ICMP echo is
+ * not related. */
+static __always_inline int ct_related(struct __sk_buff *skb, const struct fth_flow *f)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_HLEN;
+	struct iphdr *in;
+	struct fth_flow q = {};
+	struct ct_key k;
+	__u8 *l4;
+
+	if ((void *)(ip + 1) > data_end)
+		return 0;
+	in = (void *)ip + ip->ihl * 4 + 8;      /* after the ICMP header */
+	if ((void *)(in + 1) > data_end)
+		return 0;
+	if (in->version != 4 || in->ihl < 5 || in->saddr != f->daddr || (in->frag_off & bpf_htons(0x1fff)))
+		return 0;
+	l4 = (void *)in + in->ihl * 4;
+	if ((void *)(l4 + 8) > data_end)
+		return 0;
+	q.saddr = in->saddr;
+	q.daddr = in->daddr;
+	q.proto = in->protocol;
+	switch (in->protocol) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		q.sport = bpf_ntohs(*(__u16 *)l4);
+		q.dport = bpf_ntohs(*(__u16 *)(l4 + 2));
+		break;
+	case IPPROTO_ICMP:              /* an echo's id, as parse_ipv4 keys it */
+		if (l4[0] == 8)
+			q.sport = bpf_ntohs(*(__u16 *)(l4 + 4));
+		else if (l4[0] == 0)
+			q.dport = bpf_ntohs(*(__u16 *)(l4 + 4));
+		else
+			return 0;
+		break;
+	default:
+		return 0;
+	}
+	ct_key_of(&q, &k);
+	return bpf_map_lookup_elem(&fth_ct4_v2, &k) != 0;
+}
+
 /* Is the packet a reply of a tracked connection? (No accounting.) */
 static __always_inline int ct_is_reply(const struct fth_flow *f)
 {

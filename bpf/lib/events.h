@@ -30,6 +30,7 @@ const volatile __u32 fth_trace_flags = FTH_TCP_SYN | FTH_TCP_FIN | FTH_TCP_RST;
 #define FTH_TRACE_NEW         1
 #define FTH_TRACE_ESTABLISHED 2
 #define FTH_TRACE_REPLY       3
+#define FTH_TRACE_RELATED     4   /* an ICMP error about a tracked connection */
 
 struct fth_event {
 	__u8  type;             /* FTH_EVENT_* */

@@ -34,8 +34,11 @@ static __always_inline void ct_identities(struct fth_ctx *c, const struct ct_ent
 }
 
 /* Tracks the flow; on a new one runs the given policy checks and creates the
- * entry. *trace gets the trace reason to report (0 = none). */
-static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoint_info *src_ep,
+ * entry. An ICMP error about a tracked connection passes without either, as that
+ * connection's own packets do (ct_related). *trace gets the trace reason to report
+ * (0 = none). */
+static __always_inline int ct_and_policy(struct __sk_buff *skb, struct fth_ctx *c,
+					 const struct endpoint_info *src_ep,
 					 const struct endpoint_info *dst_ep, __u8 *trace)
 {
 	struct ct_entry *e = 0, *old = 0;
@@ -68,6 +71,12 @@ static __always_inline int ct_and_policy(struct fth_ctx *c, const struct endpoin
 	     ((c->flow.tcp_flags & (FTH_TCP_SYN | FTH_TCP_ACK)) == FTH_TCP_SYN && ct_closing_started(e)))) {
 		state = FTH_CT_NEW;
 		old = e;
+	}
+	/* every ICMP error is reported: the kernel rate-limits them at their source */
+	if (state == FTH_CT_NEW && c->flow.proto == IPPROTO_ICMP && icmp_is_error(c->flow.icmp_type) &&
+	    ct_related(skb, &c->flow)) {
+		*trace = FTH_TRACE_RELATED;
+		return 0;
 	}
 	if (state == FTH_CT_ESTABLISHED) {
 		if (new_flags & fth_trace_flags) {
