@@ -355,10 +355,10 @@ struct PolicyFixtureTests {
 
         // b's port unreachable for that datagram reaches a, reported as related.
         #expect(try f.fromContainer(b, packet(b.ip, pod.ip).icmpError(type: 3, code: 3, quoting: query)).verdict == TC.redirect)
-        // From another node: a router's time exceeded for a's connection to the remote pod.
+        // From another node: the remote pod's fragmentation needed for a's connection to it.
         let syn = packet(pod.ip, Fixture.remotePod).tcp(sport: 40001, dport: 80)
         #expect(try f.fromContainer(pod, syn).verdict != TC.shot)
-        #expect(try f.fromNetdev(packet(Fixture.remoteNode, pod.ip).icmpError(type: 11, code: 0, quoting: syn)).verdict == TC.redirect)
+        #expect(try f.fromNetdev(packet(Fixture.remotePod, pod.ip).icmpError(type: 3, code: 4, quoting: syn)).verdict == TC.redirect)
         let traces = try f.dp.flushEvents().filter { $0.kind == .trace }
         #expect(traces.map(\.traceReason) == [.related, .new, .related])
         #expect(traces.first?.proto == IPProtocol.icmp)
@@ -366,9 +366,13 @@ struct PolicyFixtureTests {
         #expect(try f.dp.dumpConntrack().filter { $0.proto != IPProtocol.tcp } == connection)
 
         // Not related, so judged as new ICMP flows and denied by a's ingress (133): an error
-        // about a datagram a never sent, one quoting a's datagram but addressed elsewhere
-        // (the quoted source is a, the error goes to a only), an ICMP message that is not
-        // an error, and an error quoting a later fragment (no ports to find it by).
+        // from anyone but the connection's other end (a router on the way to the remote pod,
+        // the remote pod about a's datagram to b: either could slip ICMP of its making past
+        // a's policy), an error about a datagram a never sent, one quoting a's datagram but
+        // addressed elsewhere (the quoted source is a, the error goes to a only), an ICMP
+        // message that is not an error, and an error quoting a later fragment (no ports).
+        #expect(try f.fromNetdev(packet(Fixture.remoteNode, pod.ip).icmpError(type: 11, code: 0, quoting: syn)).verdict == TC.shot)
+        #expect(try f.fromNetdev(packet(Fixture.remotePod, pod.ip).icmpError(type: 3, code: 3, quoting: query)).verdict == TC.shot)
         let other = packet(pod.ip, b.ip).udp(sport: 40002, dport: 53)
         #expect(try f.fromContainer(b, packet(b.ip, pod.ip).icmpError(type: 3, code: 3, quoting: other)).verdict == TC.shot)
         #expect(try f.fromContainer(b, packet(b.ip, pod.ip).icmpError(type: 3, code: 3, quoting: packet(b.ip, pod.ip).udp(sport: 53, dport: 40000))).verdict == TC.shot)
@@ -379,7 +383,7 @@ struct PolicyFixtureTests {
         fragment[14 + 6] = 0x00; fragment[14 + 7] = 0x10   // fragment offset 16 (128 bytes)
         #expect(try f.fromContainer(b, packet(b.ip, pod.ip).icmpError(type: 3, code: 3, quoting: fragment)).verdict == TC.shot)
         let drops = try f.drops()
-        #expect(drops.map(\.dropReason) == Array(repeating: .policyDenied, count: 4))
+        #expect(drops.map(\.dropReason) == Array(repeating: .policyDenied, count: 6))
     }
 
     @Test func unknownSourceIsWorld() throws {

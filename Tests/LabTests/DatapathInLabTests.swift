@@ -60,9 +60,11 @@ extension LabTests {
         // (node2) admits nothing, yet learns at once from client1's port unreachable
         // (node1) that nothing listens on its UDP port 9.
         try setPolicy(t, "node2", other, EndpointPolicy(enforceIngress: true, enforceEgress: false, rules: []))
-        let refused = try t.probe("default/other", "default/client1", proto: "udp", port: 9)
-        #expect(refused.status == 1 && refused.stderr.contains("Connection refused"), "\(refused.stderr)")
-        try setPolicy(t, "node2", other, EndpointPolicy(enforceIngress: false, enforceEgress: false, rules: []))
+        do {
+            defer { try? setPolicy(t, "node2", other, EndpointPolicy(enforceIngress: false, enforceEgress: false, rules: [])) }
+            let refused = try t.probe("default/other", "default/client1", proto: "udp", port: 9)
+            #expect(refused.status == 1 && refused.stderr.contains("Connection refused"), "\(refused.stderr)")
+        }
 
         // Each drop is reported with its reason and both identities.
         #expect(try !drops(t, "node1", reason: 133, from: other.identity, to: web.identity).isEmpty, "133 policy denied")

@@ -188,45 +188,52 @@ static __always_inline int icmp_is_error(__u8 type)
 
 /* Is this ICMP error about a tracked connection (Cilium's CT_RELATED)? The error quotes
  * the IPv4 header and the first 8 bytes of the packet it answers; that packet's tuple
- * finds the connection's entry. An error goes back to the quoted packet's source, so
- * only one addressed to that source is related (any other is judged on its own, as a new
- * ICMP flow). No accounting, no entry made: the connection's own packets keep its state.
- * A quoted packet that is a later fragment (no ports) or not TCP, UDP or an ICMP echo is
- * not related. */
+ * finds the connection's entry. Only an error between the connection's own two ends is
+ * related, from the quoted packet's destination to its source, as Cilium relates only
+ * the connection's address pair: anyone else (a third pod, a router on the way, a host
+ * outside that guessed a port) would otherwise get ICMP of its making past policy. Any
+ * other error is judged on its own, as a new ICMP flow. A connection translated by a
+ * service (rev-NAT id on its entry) is not related either: its error would need the
+ * quoted header translated back, which this datapath does not do. No accounting, no entry
+ * made: the connection's own packets keep its state. The quoted header is read with
+ * bpf_skb_load_bytes: a large error (fragmentation needed quotes ~548 bytes) may have it
+ * outside the linear data. */
 static __always_inline int ct_related(struct __sk_buff *skb, const struct fth_flow *f)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct iphdr *ip = data + ETH_HLEN;
-	struct iphdr *in;
+	struct iphdr in;
 	struct fth_flow q = {};
 	struct ct_key k;
-	__u8 *l4;
+	struct ct_entry *e;
+	__u8 l4[8];
+	__u32 off;
 
 	if ((void *)(ip + 1) > data_end)
 		return 0;
-	in = (void *)ip + ip->ihl * 4 + 8;      /* after the ICMP header */
-	if ((void *)(in + 1) > data_end)
+	off = ETH_HLEN + ip->ihl * 4 + 8;       /* after the ICMP header */
+	if (bpf_skb_load_bytes(skb, off, &in, sizeof(in)) < 0)
 		return 0;
-	if (in->version != 4 || in->ihl < 5 || in->saddr != f->daddr || (in->frag_off & bpf_htons(0x1fff)))
+	if (in.version != 4 || in.ihl < 5 || in.saddr != f->daddr || in.daddr != f->saddr ||
+	    (in.frag_off & bpf_htons(0x1fff)))
 		return 0;
-	l4 = (void *)in + in->ihl * 4;
-	if ((void *)(l4 + 8) > data_end)
+	if (bpf_skb_load_bytes(skb, off + in.ihl * 4, l4, sizeof(l4)) < 0)
 		return 0;
-	q.saddr = in->saddr;
-	q.daddr = in->daddr;
-	q.proto = in->protocol;
-	switch (in->protocol) {
+	q.saddr = in.saddr;
+	q.daddr = in.daddr;
+	q.proto = in.protocol;
+	switch (in.protocol) {
 	case IPPROTO_TCP:
 	case IPPROTO_UDP:
-		q.sport = bpf_ntohs(*(__u16 *)l4);
-		q.dport = bpf_ntohs(*(__u16 *)(l4 + 2));
+		q.sport = (__u16)l4[0] << 8 | l4[1];
+		q.dport = (__u16)l4[2] << 8 | l4[3];
 		break;
 	case IPPROTO_ICMP:              /* an echo's id, as parse_ipv4 keys it */
 		if (l4[0] == 8)
-			q.sport = bpf_ntohs(*(__u16 *)(l4 + 4));
+			q.sport = (__u16)l4[4] << 8 | l4[5];
 		else if (l4[0] == 0)
-			q.dport = bpf_ntohs(*(__u16 *)(l4 + 4));
+			q.dport = (__u16)l4[4] << 8 | l4[5];
 		else
 			return 0;
 		break;
@@ -234,7 +241,8 @@ static __always_inline int ct_related(struct __sk_buff *skb, const struct fth_fl
 		return 0;
 	}
 	ct_key_of(&q, &k);
-	return bpf_map_lookup_elem(&fth_ct4_v2, &k) != 0;
+	e = bpf_map_lookup_elem(&fth_ct4_v2, &k);
+	return e && !e->rev_nat_id;
 }
 
 /* Is the packet a reply of a tracked connection? (No accounting.) */
