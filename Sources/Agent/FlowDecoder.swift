@@ -108,6 +108,7 @@ struct FlowDecoder {
             let reply = e.traceReason == .reply
             f.isReply = Google_Protobuf_BoolValue(reply)
             f.reply = reply
+            f.traceReason = Flow_TraceReason(rawValue: Int(e.reasonCode)) ?? .unknown
             let point = Self.observationPoint(e.observationPoint)
             f.traceObservationPoint = point
             f.eventType = Self.eventType(MonitorMessageType.trace, Int32(point.rawValue == 101 ? 0 : point.rawValue))

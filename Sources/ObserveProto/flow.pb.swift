@@ -70,6 +70,54 @@ public nonisolated enum Flow_FlowType: SwiftProtobuf.Enum, Swift.CaseIterable {
 
 }
 
+/// Why a trace event was reported: the connection tracking state of its packet (Cilium's
+/// datapath trace reasons, one up). Fathom reports these four.
+public nonisolated enum Flow_TraceReason: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case unknown // = 0
+  case new // = 1
+  case established // = 2
+  case reply // = 3
+  case related // = 4
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .unknown
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .unknown
+    case 1: self = .new
+    case 2: self = .established
+    case 3: self = .reply
+    case 4: self = .related
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .unknown: return 0
+    case .new: return 1
+    case .established: return 2
+    case .reply: return 3
+    case .related: return 4
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Flow_TraceReason] = [
+    .unknown,
+    .new,
+    .established,
+    .reply,
+    .related,
+  ]
+
+}
+
 public nonisolated enum Flow_TraceObservationPoint: SwiftProtobuf.Enum, Swift.CaseIterable {
   public typealias RawValue = Int
   case unknownPoint // = 0
@@ -799,6 +847,11 @@ public nonisolated struct Flow_Flow: @unchecked Sendable {
   /// Clears the value of `interface`. Subsequent reads from it will return its default value.
   public mutating func clearInterface() {_uniqueStorage()._interface = nil}
 
+  public var traceReason: Flow_TraceReason {
+    get {_storage._traceReason}
+    set {_uniqueStorage()._traceReason = newValue}
+  }
+
   public var egressAllowedBy: [Flow_Policy] {
     get {_storage._egressAllowedBy}
     set {_uniqueStorage()._egressAllowedBy = newValue}
@@ -1329,6 +1382,10 @@ nonisolated extension Flow_FlowType: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0UNKNOWN_TYPE\0\u{1}L3_L4\0\u{1}L7\0\u{1}SOCK\0")
 }
 
+nonisolated extension Flow_TraceReason: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0TRACE_REASON_UNKNOWN\0\u{1}NEW\0\u{1}ESTABLISHED\0\u{1}REPLY\0\u{1}RELATED\0")
+}
+
 nonisolated extension Flow_TraceObservationPoint: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0UNKNOWN_POINT\0\u{1}TO_PROXY\0\u{1}TO_HOST\0\u{1}TO_STACK\0\u{1}TO_OVERLAY\0\u{1}FROM_ENDPOINT\0\u{1}FROM_PROXY\0\u{1}FROM_HOST\0\u{1}FROM_STACK\0\u{1}FROM_OVERLAY\0\u{1}FROM_NETWORK\0\u{1}TO_NETWORK\0\u{2}Z\u{1}TO_ENDPOINT\0")
 }
@@ -1355,7 +1412,7 @@ nonisolated extension Flow_LostEventSource: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Flow_Flow: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Flow"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}time\0\u{1}verdict\0\u{3}drop_reason\0\u{1}ethernet\0\u{1}IP\0\u{1}l4\0\u{2}\u{2}source\0\u{1}destination\0\u{1}Type\0\u{3}node_name\0\u{4}\u{2}source_names\0\u{3}destination_names\0\u{2}\u{2}reply\0\u{4}\u{3}event_type\0\u{3}source_service\0\u{3}destination_service\0\u{3}traffic_direction\0\u{3}policy_match_type\0\u{3}trace_observation_point\0\u{3}drop_reason_desc\0\u{3}is_reply\0\u{2}\u{2}interface\0\u{2}\u{6}uuid\0\u{4}gG\u{5}egress_allowed_by\0\u{3}ingress_allowed_by\0\u{4}\u{2}egress_denied_by\0\u{3}ingress_denied_by\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}time\0\u{1}verdict\0\u{3}drop_reason\0\u{1}ethernet\0\u{1}IP\0\u{1}l4\0\u{2}\u{2}source\0\u{1}destination\0\u{1}Type\0\u{3}node_name\0\u{4}\u{2}source_names\0\u{3}destination_names\0\u{2}\u{2}reply\0\u{4}\u{3}event_type\0\u{3}source_service\0\u{3}destination_service\0\u{3}traffic_direction\0\u{3}policy_match_type\0\u{3}trace_observation_point\0\u{3}drop_reason_desc\0\u{3}is_reply\0\u{2}\u{2}interface\0\u{2}\u{6}uuid\0\u{4}\u{2}trace_reason\0\u{4}eG\u{5}egress_allowed_by\0\u{3}ingress_allowed_by\0\u{4}\u{2}egress_denied_by\0\u{3}ingress_denied_by\0")
 
   fileprivate class _StorageClass {
     var _time: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
@@ -1381,6 +1438,7 @@ nonisolated extension Flow_Flow: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
     var _dropReasonDesc: Flow_DropReason = .unknown
     var _isReply: SwiftProtobuf.Google_Protobuf_BoolValue? = nil
     var _interface: Flow_NetworkInterface? = nil
+    var _traceReason: Flow_TraceReason = .unknown
     var _egressAllowedBy: [Flow_Policy] = []
     var _ingressAllowedBy: [Flow_Policy] = []
     var _egressDeniedBy: [Flow_Policy] = []
@@ -1418,6 +1476,7 @@ nonisolated extension Flow_Flow: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
       _dropReasonDesc = source._dropReasonDesc
       _isReply = source._isReply
       _interface = source._interface
+      _traceReason = source._traceReason
       _egressAllowedBy = source._egressAllowedBy
       _ingressAllowedBy = source._ingressAllowedBy
       _egressDeniedBy = source._egressDeniedBy
@@ -1463,6 +1522,7 @@ nonisolated extension Flow_Flow: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
         case 26: try { try decoder.decodeSingularMessageField(value: &_storage._isReply) }()
         case 28: try { try decoder.decodeSingularMessageField(value: &_storage._interface) }()
         case 34: try { try decoder.decodeSingularStringField(value: &_storage._uuid) }()
+        case 36: try { try decoder.decodeSingularEnumField(value: &_storage._traceReason) }()
         case 21001: try { try decoder.decodeRepeatedMessageField(value: &_storage._egressAllowedBy) }()
         case 21002: try { try decoder.decodeRepeatedMessageField(value: &_storage._ingressAllowedBy) }()
         case 21004: try { try decoder.decodeRepeatedMessageField(value: &_storage._egressDeniedBy) }()
@@ -1548,6 +1608,9 @@ nonisolated extension Flow_Flow: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
       if !_storage._uuid.isEmpty {
         try visitor.visitSingularStringField(value: _storage._uuid, fieldNumber: 34)
       }
+      if _storage._traceReason != .unknown {
+        try visitor.visitSingularEnumField(value: _storage._traceReason, fieldNumber: 36)
+      }
       if !_storage._egressAllowedBy.isEmpty {
         try visitor.visitRepeatedMessageField(value: _storage._egressAllowedBy, fieldNumber: 21001)
       }
@@ -1592,6 +1655,7 @@ nonisolated extension Flow_Flow: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
         if _storage._dropReasonDesc != rhs_storage._dropReasonDesc {return false}
         if _storage._isReply != rhs_storage._isReply {return false}
         if _storage._interface != rhs_storage._interface {return false}
+        if _storage._traceReason != rhs_storage._traceReason {return false}
         if _storage._egressAllowedBy != rhs_storage._egressAllowedBy {return false}
         if _storage._ingressAllowedBy != rhs_storage._ingressAllowedBy {return false}
         if _storage._egressDeniedBy != rhs_storage._egressDeniedBy {return false}

@@ -112,6 +112,25 @@ extension Agent {
         #expect(denied.destinationService.name == "web")
     }
 
+    @Test func aTraceCarriesItsReasonInHubblesNumbers() async throws {
+        let c = try await context()
+        let d = FlowDecoder()
+        func flow(kind: UInt8 = 2, _ reason: UInt8) -> Flow_Flow {
+            d.flow(TestEvent.make(kind: kind, reason: reason, source: Self.client, sourcePort: 40000,
+                                  destination: Self.backend, destinationPort: 8080), context: c)
+        }
+        #expect([1, 2, 3, 4].map { flow($0).traceReason } == [.new, .established, .reply, .related])
+        let related = flow(4)
+        #expect(related.isReply.value == false && related.verdict == .forwarded)
+        // on the wire as Hubble has it: field 36 (a varint, tag 36 << 3 = 0xa0 0x02), RELATED = 4
+        var only = Flow_Flow()
+        only.traceReason = related.traceReason
+        let bytes: [UInt8] = try only.serializedBytes()
+        #expect(bytes == [0xa0, 0x02, 0x04])
+        // a drop has none
+        #expect(flow(kind: 1, 133).traceReason == .unknown)
+    }
+
     @Test func aRecordWithoutTheFrontendFieldStillDecodes() {
         var b = [UInt8](repeating: 0, count: 56)
         b[0] = 2

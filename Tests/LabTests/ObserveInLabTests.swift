@@ -99,7 +99,7 @@ extension LabTests {
         let request = try await Self.waitForFlow(t, node: "node1", "client -> web SYN") {
             $0.ip.source == client && $0.ip.destination == web && $0.verdict == .forwarded && $0.l4.tcp.flags.syn && !$0.l4.tcp.flags.ack
         }
-        #expect(request.isReply.value == false)
+        #expect(request.isReply.value == false && request.traceReason == .new)
         #expect(request.source.podName == "client" && request.source.namespace == "prod")
         #expect(request.destination.podName == "web" && request.destination.id != 0)
         #expect(request.source.labels.contains("k8s:app=client"))
@@ -116,7 +116,7 @@ extension LabTests {
         let reply = try await Self.waitForFlow(t, node: "node1", "web -> client reply") {
             $0.ip.source == web && $0.ip.destination == client && $0.verdict == .forwarded && $0.isReply.value
         }
-        #expect(reply.traceObservationPoint == .fromEndpoint)
+        #expect(reply.traceObservationPoint == .fromEndpoint && reply.traceReason == .reply)
         #expect(reply.trafficDirection == .ingress, "the reply of a connection web accepted")
 
         // Default deny: 133, naming the policy that selects web.
