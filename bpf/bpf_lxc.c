@@ -91,12 +91,13 @@ static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct fth
 				return drop(skb, c, -ret, FTH_DIR_EGRESS);
 		}
 		/* leaving the cluster through another node's egress gateway: sent there
-		 * untranslated (lib/egress.h). Not a reply: a connection opened from outside
-		 * (a node port on this node, say) is answered the way it came, as Cilium skips
-		 * the gateway for CT_REPLY. */
+		 * untranslated (lib/egress.h). Not a reply, nor an ICMP error about a
+		 * connection: a connection opened from outside (a node port on this node, say)
+		 * is answered the way it came, as Cilium skips the gateway for CT_REPLY and
+		 * CT_RELATED. */
 		__u8 reason = 0;
 		int leaves = egress_leaves_cluster(c->flow.daddr);
-		__u32 via = leaves && !c->is_reply ? egress_next_hop(&c->flow, &reason) : 0;
+		__u32 via = leaves && !c->is_reply && !c->is_related ? egress_next_hop(&c->flow, &reason) : 0;
 
 		if (reason)
 			return drop(skb, c, reason, FTH_DIR_EGRESS);

@@ -143,6 +143,11 @@ struct EgressFixtureTests {
         #expect(try f.fromNetdev(S.tcp(Self.external, a.ip, 5000, 8080)).verdict == TC.redirect)
         let reply = try f.fromContainer(a, S.tcp(a.ip, Self.external, 8080, 5000, flags: 0x12))
         #expect(reply.verdict != TC.shot)
+        // nor is a's ICMP error about a UDP datagram from outside (related, as Cilium's
+        // CT_RELATED skips the gateway too)
+        let datagram = S.udp(Self.external, a.ip, 5001, 9)
+        #expect(try f.fromNetdev(datagram).verdict == TC.redirect)
+        #expect(try f.fromContainer(a, packet(a.ip, Self.external).icmpError(type: 3, code: 3, quoting: datagram)).verdict != TC.shot)
         #expect(try f.drops().isEmpty)
         // what a opens itself is still held to the plan: no gateway alive, 194
         #expect(try f.fromContainer(a, S.tcp(a.ip, Self.external, 40020, 80)).verdict == TC.shot)

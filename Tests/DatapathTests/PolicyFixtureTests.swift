@@ -347,6 +347,7 @@ struct PolicyFixtureTests {
         let f = try Fixture(endpoints: [pod, b])
         try f.dp.setPolicy(endpointID: b.id, upsert: [
             PolicyEntry(key: PolicyKey(remoteIdentity: pod.identity, direction: .ingress, proto: IPProtocol.udp, port: 53), verdict: .allow),
+            PolicyEntry(key: PolicyKey(remoteIdentity: pod.identity, direction: .ingress, proto: IPProtocol.icmp), verdict: .allow),
         ], delete: [])
         let query = packet(pod.ip, b.ip).udp(sport: 40000, dport: 53)
         #expect(try f.fromContainer(pod, query).verdict == TC.redirect)
@@ -359,11 +360,17 @@ struct PolicyFixtureTests {
         let syn = packet(pod.ip, Fixture.remotePod).tcp(sport: 40001, dport: 80)
         #expect(try f.fromContainer(pod, syn).verdict != TC.shot)
         #expect(try f.fromNetdev(packet(Fixture.remotePod, pod.ip).icmpError(type: 3, code: 4, quoting: syn)).verdict == TC.redirect)
+        // An echo request's error, found by the echo's id as its request keyed it.
+        let ping = packet(pod.ip, b.ip).icmpEcho(id: 0x0102)
+        #expect(try f.fromContainer(pod, ping).verdict == TC.redirect)
+        #expect(try f.fromContainer(b, packet(b.ip, pod.ip).icmpError(type: 12, code: 0, quoting: ping)).verdict == TC.redirect)
         let traces = try f.dp.flushEvents().filter { $0.kind == .trace }
-        #expect(traces.map(\.traceReason) == [.related, .new, .related])
+        #expect(traces.map(\.traceReason) == [.related, .new, .related, .new, .related])
         #expect(traces.first?.proto == IPProtocol.icmp)
+        #expect(traces.first?.sourceIdentity == b.identity && traces.first?.destinationIdentity == pod.identity, "b's error to a")
         // Nothing accounted on the connection, no entry for the error itself.
-        #expect(try f.dp.dumpConntrack().filter { $0.proto != IPProtocol.tcp } == connection)
+        #expect(try f.dp.dumpConntrack().filter { $0.proto == IPProtocol.udp } == connection)
+        #expect(try f.dp.dumpConntrack().filter { $0.proto == IPProtocol.icmp }.map(\.sourcePort) == [0x0102], "the echo's entry only")
 
         // Not related, so judged as new ICMP flows and denied by a's ingress (133): an error
         // from anyone but the connection's other end (a router on the way to the remote pod,

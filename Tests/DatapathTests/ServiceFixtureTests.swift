@@ -128,6 +128,25 @@ struct ServiceFixtureTests {
         #expect(Self.src(back.packet) == Self.vip && Self.sport(back.packet) == 80 && Self.checksumsValid(back.packet))
     }
 
+    @Test func anICMPErrorAboutATranslatedConnectionIsNotRelated() throws {
+        // a admits nothing: its ICMP passes only when related.
+        var pod = a
+        pod.ingressEnforced = true
+        let f = try Fixture(endpoints: [pod, b])
+        try service(f, backends: [1], proto: IPProtocol.udp)
+        try allowIntoB(f, from: pod.identity, proto: IPProtocol.udp)
+        // Sent to the backend straight: b's port unreachable is related.
+        let direct = Self.udp(pod.ip, b.ip, 5001, 8080)
+        #expect(try f.fromContainer(pod, direct).verdict == TC.redirect)
+        #expect(try f.fromContainer(b, packet(b.ip, pod.ip).icmpError(type: 3, code: 3, quoting: direct)).verdict == TC.redirect)
+        // Sent to the cluster IP and translated: the error quotes the backend, which a's
+        // socket never sent to; it would need translating back, so it is judged by policy.
+        let translated = try f.fromContainer(pod, Self.udp(pod.ip, Self.vip, 5000, 80))
+        #expect(translated.verdict == TC.redirect && Self.dst(translated.packet) == b.ip)
+        #expect(try f.fromContainer(b, packet(b.ip, pod.ip).icmpError(type: 3, code: 3, quoting: translated.packet)).verdict == TC.shot)
+        #expect(try f.drops().map(\.dropReason) == [.policyDenied])
+    }
+
     @Test func aConnectionStaysOnItsBackendWhenTheTableChanges() throws {
         let f = try Fixture()
         try service(f, backends: [1])

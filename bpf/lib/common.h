@@ -77,6 +77,31 @@ static __always_inline int is_ipv4(struct __sk_buff *skb)
 	return skb->protocol == bpf_htons(ETH_P_IP);
 }
 
+/* A flow's ports from the first 8 bytes of its L4 header at b (the caller checked that
+ * they are there): TCP's and UDP's, an ICMP echo's id (the source port of a request, the
+ * destination port of a reply: a reply finds its request's entry). Other ICMP messages
+ * have none. parse_ipv4 reads a packet's own header with it, ct_related (conntrack.h) the
+ * header an ICMP error quotes. */
+static __always_inline void l4_ports(__u8 proto, const __u8 *b, struct fth_flow *f)
+{
+	__u16 id;
+
+	switch (proto) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		f->sport = bpf_ntohs(*(__u16 *)b);
+		f->dport = bpf_ntohs(*(__u16 *)(b + 2));
+		break;
+	case IPPROTO_ICMP:
+		id = bpf_ntohs(*(__u16 *)(b + 4));
+		if (b[0] == 8)          /* echo request */
+			f->sport = id;
+		else if (b[0] == 0)     /* echo reply */
+			f->dport = id;
+		break;
+	}
+}
+
 /* Parses Ethernet + IPv4 + the L4 header into *f. Returns 0 or a drop reason. */
 static __always_inline int parse_ipv4(struct __sk_buff *skb, struct fth_flow *f)
 {
@@ -116,8 +141,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct fth_flow *f)
 		__u8 *t = l4;
 		if ((void *)(t + 20) > data_end)
 			return FTH_DROP_CT_INVALID_HEADER;
-		f->sport = bpf_ntohs(*(__u16 *)t);
-		f->dport = bpf_ntohs(*(__u16 *)(t + 2));
+		l4_ports(IPPROTO_TCP, t, f);
 		f->tcp_flags = t[13];
 		return 0;
 	}
@@ -125,20 +149,15 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct fth_flow *f)
 		__u8 *u = l4;
 		if ((void *)(u + 8) > data_end)
 			return FTH_DROP_CT_INVALID_HEADER;
-		f->sport = bpf_ntohs(*(__u16 *)u);
-		f->dport = bpf_ntohs(*(__u16 *)(u + 2));
+		l4_ports(IPPROTO_UDP, u, f);
 		return 0;
 	}
 	case IPPROTO_ICMP: {
 		__u8 *c = l4;
 		if ((void *)(c + 8) > data_end)
 			return FTH_DROP_CT_INVALID_HEADER;
-		__u16 id = bpf_ntohs(*(__u16 *)(c + 4));
 		f->icmp_type = c[0];
-		if (c[0] == 8)          /* echo request */
-			f->sport = id;
-		else if (c[0] == 0)     /* echo reply */
-			f->dport = id;
+		l4_ports(IPPROTO_ICMP, c, f);
 		return 0;
 	}
 	default:

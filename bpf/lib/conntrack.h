@@ -180,7 +180,8 @@ static __always_inline int ct_closing_started(const struct ct_entry *e)
 }
 
 /* ICMP errors: destination unreachable (port unreachable, fragmentation needed, ...),
- * time exceeded, parameter problem. Each quotes the header of the packet it answers. */
+ * time exceeded (from the other end: fragment reassembly), parameter problem. Each quotes
+ * the header of the packet it answers. */
 static __always_inline int icmp_is_error(__u8 type)
 {
 	return type == 3 || type == 11 || type == 12;
@@ -207,7 +208,7 @@ static __always_inline int ct_related(struct __sk_buff *skb, const struct fth_fl
 	struct fth_flow q = {};
 	struct ct_key k;
 	struct ct_entry *e;
-	__u8 l4[8];
+	__u8 l4[8] __attribute__((aligned(8)));
 	__u32 off;
 
 	if ((void *)(ip + 1) > data_end)
@@ -220,26 +221,13 @@ static __always_inline int ct_related(struct __sk_buff *skb, const struct fth_fl
 		return 0;
 	if (bpf_skb_load_bytes(skb, off + in.ihl * 4, l4, sizeof(l4)) < 0)
 		return 0;
+	if (in.protocol != IPPROTO_TCP && in.protocol != IPPROTO_UDP &&
+	    !(in.protocol == IPPROTO_ICMP && (l4[0] == 8 || l4[0] == 0)))
+		return 0;
 	q.saddr = in.saddr;
 	q.daddr = in.daddr;
 	q.proto = in.protocol;
-	switch (in.protocol) {
-	case IPPROTO_TCP:
-	case IPPROTO_UDP:
-		q.sport = (__u16)l4[0] << 8 | l4[1];
-		q.dport = (__u16)l4[2] << 8 | l4[3];
-		break;
-	case IPPROTO_ICMP:              /* an echo's id, as parse_ipv4 keys it */
-		if (l4[0] == 8)
-			q.sport = (__u16)l4[4] << 8 | l4[5];
-		else if (l4[0] == 0)
-			q.dport = (__u16)l4[4] << 8 | l4[5];
-		else
-			return 0;
-		break;
-	default:
-		return 0;
-	}
+	l4_ports(in.protocol, l4, &q);          /* keyed as parse_ipv4 keys the packet itself */
 	ct_key_of(&q, &k);
 	e = bpf_map_lookup_elem(&fth_ct4_v2, &k);
 	return e && !e->rev_nat_id;

@@ -117,6 +117,7 @@ struct fth_ctx {
 	__u8  obs_point;
 	__u8  direction;
 	__u8  is_reply;         /* conntrack: a reply of a tracked connection */
+	__u8  is_related;       /* conntrack: an ICMP error about one (ct_related) */
 	__u8  lazy;             /* FTH_LAZY_*: identities still to look up in the ipcache */
 	__u16 rev_nat_id;       /* lib/lb.h: frontend of a translated connection */
 };

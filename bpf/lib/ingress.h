@@ -1,9 +1,9 @@
 /* Ingress to a local endpoint: the decision from-netdev and to-container share.
  *
  * A packet for a pod on this node passes when its connection is tracked (reply
- * or established), else when the pod's ingress policy allows the source identity
- * (traffic from the node itself, identity host, is always allowed); then a
- * conntrack entry is created. Returns 0 to go on, or a drop reason (the caller's
+ * or established) or it is an ICMP error about one (related), else when the pod's
+ * ingress policy allows the source identity (traffic from the node itself, identity
+ * host, is always allowed); then a conntrack entry is created. Returns 0 to go on, or a drop reason (the caller's
  * ctx carries the direction of the failed check).
  */
 #pragma once
@@ -72,9 +72,12 @@ static __always_inline int ct_and_policy(struct __sk_buff *skb, struct fth_ctx *
 		state = FTH_CT_NEW;
 		old = e;
 	}
-	/* every ICMP error is reported: the kernel rate-limits them at their source */
+	/* An ICMP error on a tuple of its own that policy let through before (the ICMP
+	 * between two addresses, ports 0) is that flow's; a new one may be related. Each
+	 * related error is reported (its sender's kernel rate-limits them). */
 	if (state == FTH_CT_NEW && c->flow.proto == IPPROTO_ICMP && icmp_is_error(c->flow.icmp_type) &&
 	    ct_related(skb, &c->flow)) {
+		c->is_related = 1;
 		*trace = FTH_TRACE_RELATED;
 		return 0;
 	}
