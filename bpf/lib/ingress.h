@@ -3,8 +3,8 @@
  * A packet for a pod on this node passes when its connection is tracked (reply
  * or established) or it is an ICMP error about one (related), else when the pod's
  * ingress policy allows the source identity (traffic from the node itself, identity
- * host, is always allowed); then a conntrack entry is created. Returns 0 to go on, or a drop reason (the caller's
- * ctx carries the direction of the failed check).
+ * host, is always allowed); then a conntrack entry is created. Returns 0 to go on,
+ * or a drop reason (the caller's ctx carries the direction of the failed check).
  */
 #pragma once
 #include "common.h"
